@@ -1,0 +1,97 @@
+"""The finding catalog: every finding bncheck can report, in one place.
+
+Ids are stable: they appear in reports, in the JSON, and in plugins' ``expect`` sets. Adding a class of bug
+means adding one entry here (and, where an oracle knob expresses it, naming that knob setting in ``knobs``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    meaning: str
+    kind: str = "batchnorm"            # batchnorm | fusion | sync
+    knobs: dict = field(default_factory=dict)   # oracle knob settings that express this bug (diagnosis)
+
+
+_ENTRIES = [
+    Entry("inverted-momentum", "running = m*old + (1-m)*batch (Keras/Flax convention)",
+          knobs={"momentum_direction": "inverted"}),
+    Entry("momentum-ignored", "the momentum argument has no effect (a fixed factor is used)",
+          knobs={"momentum_override": "fixed"}),
+    Entry("momentum-none", "momentum=None is not handled as a cumulative average (or crashes)",
+          knobs={"momentum_none": "as-0.1"}),
+    Entry("biased-running-var", "running_var is updated with the biased batch variance",
+          knobs={"running_var_unbiased": False}),
+    Entry("unbiased-normalization", "the output is normalised with the unbiased batch variance",
+          knobs={"norm_var_unbiased": True}),
+    Entry("eps-outside-sqrt", "(x-mean)/(sqrt(var)+eps) instead of (x-mean)/sqrt(var+eps)",
+          knobs={"eps_placement": "outside"}),
+    Entry("eps-ignored", "the eps argument is not used (missing, or a different constant)",
+          knobs={"eps_override": "fixed"}),
+    Entry("eval-uses-batch-stats", "eval mode normalises with batch statistics",
+          knobs={"eval_stats": "batch"}),
+    Entry("train-uses-running-stats", "training normalises with running statistics (before or after updating)",
+          knobs={"train_stats": "running"}),
+    Entry("mode-from-grad-mode", "train/eval follows torch.is_grad_enabled() or another flag, not module.training",
+          knobs={"mode_source": "grad"}),
+    Entry("stats-updated-in-eval", "running statistics change in eval mode",
+          knobs={"update_in_eval": True}),
+    Entry("stats-not-updated", "running statistics never change in training",
+          knobs={"update_stats": False}),
+    Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",
+          knobs={"untracked_eval_stats": "zero-one"}),
+    Entry("affine-wrong", "weight/bias not applied, applied wrongly, or swapped",
+          knobs={"affine_mode": "ignored"}),
+    Entry("wrong-reduction-axes", "statistics are not taken over (N, spatial) per channel",
+          knobs={"reduction": "batch-only"}),
+    Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows"),
+    Entry("low-precision-accumulation", "reductions accumulate in float16/bfloat16"),
+    Entry("batch-stats-detached", "the input gradient treats the batch mean/var as constants",
+          knobs={"detach_stats": True}),
+    Entry("no-grad-to-affine", "weight/bias get no (or a wrong) gradient"),
+    Entry("running-stats-hold-graph", "running buffers carry autograd history"),
+    Entry("stats-not-buffers", "running stats missing from state_dict() or not moved by .to()"),
+    Entry("state-shape-drift", "a running-stat buffer's shape differs from (C,) or changes after a step"),
+    Entry("dtype-promotion", "the output dtype differs from the input dtype"),
+    Entry("input-mutated", "the input tensor is modified in place"),
+    Entry("non-contiguous-crash", "fails on channels_last or other non-contiguous input that torch accepts"),
+    Entry("rank-unsupported", "fails on an input rank torch accepts"),
+    Entry("nan-inf", "NaN/Inf where torch gives finite values"),
+    Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),
+    Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),
+    Entry("crash", "raises where torch works"),
+    Entry("timeout", "does not return within the time limit where torch works"),
+    # Conv-BN folding
+    Entry("fold-transposed-axis", "scales the wrong weight axis for a transposed convolution", kind="fusion"),
+    Entry("fold-eps-ignored", "folds without eps (or with a different constant)", kind="fusion"),
+    Entry("fold-bias-none-crash", "fails when the convolution has no bias", kind="fusion"),
+    Entry("fold-groups", "wrong result for grouped or depthwise convolutions", kind="fusion"),
+    Entry("fold-mismatch", "folded module differs from bn(conv(x)), cause not identified", kind="fusion"),
+    # Synchronised BatchNorm
+    Entry("sync-mean-of-variances", "global variance taken as the mean of per-rank variances", kind="sync"),
+    Entry("sync-uneven-batch", "rank statistics averaged without weighting by local batch size", kind="sync"),
+    Entry("sync-local-count", "running_var unbiased with the local count instead of the global one", kind="sync"),
+    Entry("sync-grad-not-reduced", "backward does not all-reduce the gradient sums", kind="sync"),
+    Entry("sync-mismatch", "differs from single-process BatchNorm on the whole batch, cause not identified",
+          kind="sync"),
+]
+
+CATALOG: dict[str, Entry] = {e.id: e for e in _ENTRIES}
+assert len(CATALOG) == len(_ENTRIES), "duplicate catalog id"
+
+
+def check_ids(ids, where: str) -> frozenset[str]:
+    """Validate a set of finding ids (e.g. a plugin's ``expect``); unknown ids are an error naming ``where``."""
+    ids = frozenset(ids)
+    unknown = sorted(ids - CATALOG.keys())
+    if unknown:
+        raise ValueError(f"{where}: unknown finding id(s) {unknown}; known ids: {', '.join(sorted(CATALOG))}")
+    return ids
+
+
+def knob_hypotheses(kind: str = "batchnorm") -> list[Entry]:
+    """Catalog entries that an oracle knob setting expresses, in catalog order."""
+    return [e for e in _ENTRIES if e.kind == kind and e.knobs]
