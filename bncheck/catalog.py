@@ -5,7 +5,7 @@ means adding one entry here (and, where an oracle knob expresses it, naming that
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -13,45 +13,47 @@ class Entry:
     id: str
     meaning: str
     kind: str = "batchnorm"            # batchnorm | fusion | sync
-    knobs: dict = field(default_factory=dict)   # oracle knob settings that express this bug (diagnosis)
+    # Oracle knob settings that express this bug: alternatives, each tried as one counterfactual in diagnosis.
+    knobs: tuple = ()
 
 
 _ENTRIES = [
     Entry("inverted-momentum", "running = m*old + (1-m)*batch (Keras/Flax convention)",
-          knobs={"momentum_direction": "inverted"}),
+          knobs=({"momentum_direction": "inverted"},)),
     Entry("momentum-ignored", "the momentum argument has no effect (a fixed factor is used)",
-          knobs={"momentum_override": "fixed"}),
+          knobs=tuple({"momentum_override": m} for m in (0.1, 0.01, 0.9, 0.99, 0.0, 1.0))),
     Entry("momentum-none", "momentum=None is not handled as a cumulative average (or crashes)",
-          knobs={"momentum_none": "as-0.1"}),
+          knobs=({"momentum_none": "as-0.1"}, {"momentum_none": "zero"})),
     Entry("biased-running-var", "running_var is updated with the biased batch variance",
-          knobs={"running_var_unbiased": False}),
+          knobs=({"running_var_unbiased": False},)),
     Entry("unbiased-normalization", "the output is normalised with the unbiased batch variance",
-          knobs={"norm_var_unbiased": True}),
+          knobs=({"norm_var_unbiased": True},)),
     Entry("eps-outside-sqrt", "(x-mean)/(sqrt(var)+eps) instead of (x-mean)/sqrt(var+eps)",
-          knobs={"eps_placement": "outside"}),
+          knobs=({"eps_placement": "outside"},)),
     Entry("eps-ignored", "the eps argument is not used (missing, or a different constant)",
-          knobs={"eps_override": "fixed"}),
+          knobs=tuple({"eps_override": e} for e in (0.0, 1e-3, 1e-5, 1e-8, 1e-12))),
     Entry("eval-uses-batch-stats", "eval mode normalises with batch statistics",
-          knobs={"eval_stats": "batch"}),
+          knobs=({"eval_stats": "batch"},)),
     Entry("train-uses-running-stats", "training normalises with running statistics (before or after updating)",
-          knobs={"train_stats": "running"}),
+          knobs=({"train_stats": "running-after"}, {"train_stats": "running-before"})),
     Entry("mode-from-grad-mode", "train/eval follows torch.is_grad_enabled() or another flag, not module.training",
-          knobs={"mode_source": "grad"}),
+          knobs=({"mode_source": "grad"}, {"mode_source": "always-train"}, {"mode_source": "always-eval"})),
     Entry("stats-updated-in-eval", "running statistics change in eval mode",
-          knobs={"update_in_eval": True}),
+          knobs=({"update_in_eval": True},)),
     Entry("stats-not-updated", "running statistics never change in training",
-          knobs={"update_stats": False}),
+          knobs=({"update_stats": False},)),
     Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",
-          knobs={"untracked_eval_stats": "zero-one"}),
+          knobs=({"untracked_eval_stats": "zero-one"},)),
     Entry("affine-wrong", "weight/bias not applied, applied wrongly, or swapped",
-          knobs={"affine_mode": "ignored"}),
+          knobs=tuple({"affine_mode": a} for a in ("ignored", "swapped", "weight-only", "bias-only", "one-plus-weight"))),
     Entry("wrong-reduction-axes", "statistics are not taken over (N, spatial) per channel",
-          knobs={"reduction": "batch-only"}),
+          knobs=({"reduction": "batch-only"}, {"reduction": "per-sample"})),
     Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows"),
     Entry("low-precision-accumulation", "reductions accumulate in float16/bfloat16"),
     Entry("batch-stats-detached", "the input gradient treats the batch mean/var as constants",
-          knobs={"detach_stats": True}),
-    Entry("no-grad-to-affine", "weight/bias get no (or a wrong) gradient"),
+          knobs=({"detach_stats": "both"}, {"detach_stats": "mean"}, {"detach_stats": "var"})),
+    Entry("no-grad-to-affine", "weight/bias get no (or a wrong) gradient",
+          knobs=({"detach_affine": True},)),
     Entry("running-stats-hold-graph", "running buffers carry autograd history"),
     Entry("stats-not-buffers", "running stats missing from state_dict() or not moved by .to()"),
     Entry("state-shape-drift", "a running-stat buffer's shape differs from (C,) or changes after a step"),
@@ -59,6 +61,7 @@ _ENTRIES = [
     Entry("input-mutated", "the input tensor is modified in place"),
     Entry("non-contiguous-crash", "fails on channels_last or other non-contiguous input that torch accepts"),
     Entry("rank-unsupported", "fails on an input rank torch accepts"),
+    Entry("layout-not-preserved", "output memory format differs from the input's (channels_last in, contiguous out)"),
     Entry("nan-inf", "NaN/Inf where torch gives finite values"),
     Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),
     Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),

@@ -1,0 +1,257 @@
+"""The float64 reference: torch's BatchNorm semantics written out from BATCHNORM_SEMANTICS.md, with knobs.
+
+One parameterised reference (not torch's batch_norm): ``Knobs()`` is torch's behaviour; each flipped knob is a
+hypothesis about a bug (inverted momentum, eps outside the sqrt, ...) used by diagnosis. The oracle is
+*step-local*: given the state before a step (running stats, num_batches_tracked) it computes that step's output,
+gradients and new state, so a divergence is pinned to the step that made it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Knobs:
+    momentum_direction: str = "torch"       # torch: new=(1-m)old+m*batch | inverted: new=m*old+(1-m)*batch
+    momentum_override: float | None = None  # a fixed factor used whatever the momentum argument says
+    momentum_none: str = "cumulative"       # momentum=None: cumulative | as-0.1 | zero
+    running_var_unbiased: bool = True       # running_var update with n/(n-1)
+    norm_var_unbiased: bool = False         # normalise with the unbiased variance
+    eps_placement: str = "inside"           # inside: sqrt(var+eps) | outside: sqrt(var)+eps
+    eps_override: float | None = None       # a fixed eps used whatever the eps argument says
+    eval_stats: str = "running"             # running | batch   (eval with track_running_stats=True)
+    train_stats: str = "batch"              # batch | running-before | running-after
+    mode_source: str = "training"           # training | grad | always-train | always-eval
+    update_in_eval: bool = False
+    update_stats: bool = True
+    untracked_eval_stats: str = "batch"     # batch | zero-one  (eval with track_running_stats=False)
+    affine_mode: str = "normal"             # normal | ignored | swapped | weight-only | bias-only | one-plus-weight
+    reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial
+    detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
+    detach_affine: bool = False             # weight/bias receive no gradient
+
+    def flipped(self) -> dict:
+        """The knobs that differ from torch's behaviour."""
+        base = Knobs()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(base, f.name)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.flipped().items()) or "torch semantics"
+
+
+TORCH = Knobs()
+
+
+@dataclass
+class State:
+    running_mean: torch.Tensor | None = None   # float64 (C,)
+    running_var: torch.Tensor | None = None
+    num_batches_tracked: int = 0
+
+    def clone(self) -> "State":
+        return State(None if self.running_mean is None else self.running_mean.clone(),
+                     None if self.running_var is None else self.running_var.clone(), self.num_batches_tracked)
+
+
+@dataclass
+class Config:
+    eps: float
+    momentum: float | None
+    track_running_stats: bool
+
+
+@dataclass
+class StepResult:
+    error: str | None = None          # the exception class torch raises on this step, if any
+    y: torch.Tensor | None = None     # float64
+    dx: torch.Tensor | None = None
+    dweight: torch.Tensor | None = None
+    dbias: torch.Tensor | None = None
+    state: State | None = None        # after the step
+    center: torch.Tensor | None = None  # per-channel statistics used to normalise (C,), for error budgets
+    var: torch.Tensor | None = None
+    batch_mean: torch.Tensor | None = None
+    batch_var: torch.Tensor | None = None
+    n: int = 0
+    factor: float | None = None       # the running-stat update factor used, if any
+    used_batch_stats: bool = False
+
+
+def _dims(rank: int, reduction: str) -> list[int]:
+    spatial = list(range(2, rank))
+    return {"torch": [0] + spatial, "batch-only": [0], "per-sample": spatial}[reduction]
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """Collapse keepdim statistics of any reduction to one value per channel (C,)."""
+    if t.dim() <= 1:
+        return t.reshape(-1)
+    return t.transpose(0, 1).reshape(t.shape[1], -1).mean(1)
+
+
+def training_mode(training: bool, grad_enabled: bool, knobs: Knobs) -> bool:
+    return {"training": training, "grad": grad_enabled, "always-train": True,
+            "always-eval": False}[knobs.mode_source]
+
+
+def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, training: bool, grad_enabled: bool,
+            knobs: Knobs = TORCH) -> StepResult:
+    """Differentiable float64 forward of one step. ``x``, ``weight``, ``bias`` are float64 (may require grad).
+
+    Returns the output in ``StepResult.y`` (connected to the autograd graph) and the updated state.
+    """
+    rank, c = x.dim(), x.shape[1]
+    n_torch = x.numel() // c if c else 0
+    mode = training_mode(training, grad_enabled, knobs)
+    track = cfg.track_running_stats
+    res = StepResult(state=state.clone())
+    if (mode or not track) and n_torch == 1:
+        res.error = "ValueError"     # torch: "Expected more than 1 value per channel when training"
+        return res
+    dims = _dims(rank, knobs.reduction)
+    shape = (1, c) + (1,) * (rank - 2)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # the mean of a zero-size batch is NaN, by design
+        mean_b = x.mean(dims, keepdim=True) if dims else x
+        var_b = ((x - mean_b) ** 2).mean(dims, keepdim=True) if dims else torch.zeros_like(x)
+    res.n = n_torch
+    res.batch_mean, res.batch_var = _per_channel(mean_b.detach()), _per_channel(var_b.detach())
+
+    # running statistics
+    before = state.clone()
+    if track and knobs.update_stats and (mode or knobs.update_in_eval):
+        st = res.state
+        st.num_batches_tracked += 1
+        if n_torch > 0:
+            if knobs.momentum_override is not None:
+                f = knobs.momentum_override
+            elif cfg.momentum is None:
+                f = {"cumulative": 1.0 / st.num_batches_tracked, "as-0.1": 0.1, "zero": 0.0}[knobs.momentum_none]
+            else:
+                f = cfg.momentum
+            res.factor = f
+            bm = res.batch_mean
+            bv = res.batch_var
+            if knobs.running_var_unbiased:
+                bv = bv * n / (n - 1) if n > 1 else bv * math.inf
+            if knobs.momentum_direction == "inverted":
+                st.running_mean = f * st.running_mean + (1 - f) * bm
+                st.running_var = f * st.running_var + (1 - f) * bv
+            else:
+                st.running_mean = (1 - f) * st.running_mean + f * bm
+                st.running_var = (1 - f) * st.running_var + f * bv
+
+    # statistics used to normalise
+    if mode or not track:
+        source = knobs.train_stats if (mode and track) else (
+            "batch" if mode else {"batch": "batch", "zero-one": "zero-one"}[knobs.untracked_eval_stats])
+    else:
+        source = "batch" if knobs.eval_stats == "batch" else "running-before"
+    if source == "batch":
+        center = mean_b
+        var = var_b * n / (n - 1) if (knobs.norm_var_unbiased and n > 1) else var_b
+        if knobs.detach_stats in ("mean", "both"):
+            center = center.detach()
+        if knobs.detach_stats in ("var", "both"):
+            var = var.detach()
+        res.used_batch_stats = True
+    elif source == "zero-one":
+        center, var = x.new_zeros(shape), x.new_ones(shape)
+    else:
+        st = before if source == "running-before" else res.state
+        if st.running_mean is None:
+            center, var = x.new_zeros(shape), x.new_ones(shape)
+        else:
+            center, var = st.running_mean.view(shape), st.running_var.view(shape)
+    eps = cfg.eps if knobs.eps_override is None else knobs.eps_override
+    if knobs.eps_placement == "outside":
+        y = (x - center) / (torch.sqrt(var) + eps)
+    else:
+        y = (x - center) / torch.sqrt(var + eps)
+    res.center, res.var = _per_channel(center.detach()), _per_channel(var.detach())
+
+    if weight is not None:
+        w, b = weight.view(shape), bias.view(shape)
+        if knobs.detach_affine:
+            w, b = w.detach(), b.detach()
+        y = {"normal": lambda: y * w + b, "ignored": lambda: y, "swapped": lambda: y * b + w,
+             "weight-only": lambda: y * w, "bias-only": lambda: y + b,
+             "one-plus-weight": lambda: y * (1 + w) + b}[knobs.affine_mode]()
+    res.y = y
+    return res
+
+
+def step(x: torch.Tensor, dy: torch.Tensor | None, weight, bias, state: State, cfg: Config, *, training: bool,
+         grad_enabled: bool, knobs: Knobs = TORCH) -> StepResult:
+    """One step with gradients: ``x``/``dy`` of any dtype (taken exactly, in float64), ``weight``/``bias`` float64
+    values or None. Gradients are computed when ``grad_enabled`` (dx, and dweight/dbias when affine)."""
+    x64 = x.detach().to(torch.float64).contiguous().requires_grad_(grad_enabled)
+    w = None if weight is None else weight.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
+    b = None if bias is None else bias.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
+    with torch.enable_grad() if grad_enabled else torch.no_grad():
+        res = forward(x64, w, b, state, cfg, training=training, grad_enabled=grad_enabled, knobs=knobs)
+    if res.error is None:
+        if grad_enabled and dy is not None and res.y.requires_grad:
+            res.y.backward(dy.detach().to(torch.float64))
+            res.dx = x64.grad
+            res.dweight = None if w is None else w.grad
+            res.dbias = None if b is None else b.grad
+        res.y = res.y.detach()
+    return res
+
+
+def with_knobs(**flips) -> Knobs:
+    return replace(TORCH, **flips)
+
+
+class OracleBatchNorm(torch.nn.Module):
+    """The oracle as a module: float64 computation, output cast back to the input's dtype and memory format."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, knobs: Knobs = TORCH):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype or torch.float32)
+        self.cfg = Config(eps, momentum, track_running_stats)
+        self.knobs = knobs
+        if affine:
+            self.weight = torch.nn.Parameter(torch.ones(num_features, **kw))
+            self.bias = torch.nn.Parameter(torch.zeros(num_features, **kw))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+            self.register_buffer("running_var", torch.ones(num_features, **kw))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def forward(self, x):
+        if x.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"expected 2D to 5D input (got {x.dim()}D input)")
+        track = self.cfg.track_running_stats
+        state = State(self.running_mean.double() if track else None, self.running_var.double() if track else None,
+                      int(self.num_batches_tracked) if track else 0)
+        w = None if self.weight is None else self.weight.double()
+        b = None if self.bias is None else self.bias.double()
+        res = forward(x.double().contiguous(), w, b, state, self.cfg, training=self.training,
+                      grad_enabled=torch.is_grad_enabled(), knobs=self.knobs)
+        if res.error:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+        if track:
+            with torch.no_grad():
+                self.running_mean.copy_(res.state.running_mean)
+                self.running_var.copy_(res.state.running_var)
+                self.num_batches_tracked.fill_(res.state.num_batches_tracked)
+        fmt = torch.preserve_format
+        if x.dim() in (4, 5) and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d):
+            fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return res.y.to(x.dtype).contiguous(memory_format=fmt) if fmt != torch.preserve_format else res.y.to(x.dtype)

@@ -1,0 +1,162 @@
+"""Scenarios: plain, hashable descriptions of one test case, and their deterministic materialisation.
+
+A scenario fixes everything: the module configuration, the input shape/dtype/layout, the sequence of steps
+(train or eval, grad on or off), and the data (drawn from a seeded generator, so a scenario is reproducible
+from its repr alone).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+LAYOUTS = ("contiguous", "channels_last", "strided")
+DISTRIBUTIONS = ("normal", "offset", "constant-channel", "tiny-variance", "outliers")
+
+
+@dataclass(frozen=True)
+class Step:
+    train: bool = True
+    grad: bool = True
+
+    def __repr__(self):
+        return f"Step(train={self.train}, grad={self.grad})"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    shape: tuple = (4, 3)
+    dtype: str = "float32"            # input dtype
+    param_dtype: str = "float32"      # parameter/buffer dtype (float32 with a half input = mixed precision)
+    layout: str = "contiguous"        # contiguous | channels_last | strided (a non-contiguous view)
+    steps: tuple = (Step(),)
+    momentum: float | None = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+    track_running_stats: bool = True
+    distribution: str = "normal"
+    offset: float = 0.0               # channel mean magnitude for the 'offset' / 'constant-channel' inputs
+    seed: int = 0
+    device: str = field(default="cpu", compare=False)
+
+    def __post_init__(self):
+        if not 2 <= len(self.shape) <= 5:
+            raise ValueError(f"Scenario.shape={self.shape}: rank must be 2..5")
+        if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
+            raise ValueError(f"Scenario dtype={self.dtype!r}/param_dtype={self.param_dtype!r}: one of {list(DTYPES)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"Scenario.layout={self.layout!r}: one of {LAYOUTS}")
+        if self.layout == "channels_last" and len(self.shape) not in (4, 5):
+            raise ValueError(f"Scenario.layout='channels_last' needs rank 4 or 5, shape={self.shape}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"Scenario.distribution={self.distribution!r}: one of {DISTRIBUTIONS}")
+        if not self.steps:
+            raise ValueError("Scenario.steps must hold at least one step")
+
+    # -- derived ---------------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1]
+
+    @property
+    def reduction_size(self) -> int:
+        n = self.shape[0]
+        for s in self.shape[2:]:
+            n *= s
+        return n
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_param_dtype(self) -> torch.dtype:
+        return DTYPES[self.param_dtype]
+
+    def spec(self):
+        from .spec import Spec
+        return Spec(num_features=self.channels, ndim=self.rank, eps=self.eps, momentum=self.momentum,
+                    affine=self.affine, track_running_stats=self.track_running_stats, device=self.device,
+                    dtype=self.torch_param_dtype)
+
+    def with_(self, **changes) -> "Scenario":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line, as shown in a finding's config."""
+        dt = self.dtype if self.dtype == self.param_dtype else f"{self.dtype} input, {self.param_dtype} params"
+        steps = " ".join(("train" if s.train else "eval") + ("" if s.grad else "/no_grad") for s in self.steps)
+        extra = f" {self.distribution}" + (f"(offset={self.offset:g})" if self.offset else "")
+        return (f"shape={tuple(self.shape)} {dt} {self.layout} momentum={self.momentum} eps={self.eps:g} "
+                f"affine={self.affine} track_running_stats={self.track_running_stats} steps=[{steps}]{extra}")
+
+
+@dataclass
+class Data:
+    """Tensors of one scenario: per-step inputs and upstream gradients, parameter and initial-state values."""
+    xs: list
+    dys: list
+    weight: torch.Tensor          # float64 values exactly representable in the parameter dtype
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.contiguous(memory_format=fmt)
+    if layout == "strided":   # a view with a stride of 2 along the last axis
+        big = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        big.zero_()
+        view = big[..., ::2]
+        view.copy_(x)
+        return view
+    return x.contiguous()
+
+
+def materialize(sc: Scenario) -> Data:
+    g = torch.Generator().manual_seed(sc.seed)
+    c, shape = sc.channels, sc.shape
+    dt, pdt = sc.torch_dtype, sc.torch_param_dtype
+
+    def rand(*s):
+        return torch.rand(*s, generator=g, dtype=torch.float64)
+
+    def randn(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    view = (1, c) + (1,) * (len(shape) - 2)
+    sign = torch.where(rand(c) < 0.5, -1.0, 1.0)
+    if sc.distribution == "offset":
+        mu = sign * sc.offset * (0.5 + 0.5 * rand(c))
+        sigma = 0.5 + 1.5 * rand(c)
+    elif sc.distribution == "tiny-variance":
+        mu = sign * (0.5 + rand(c))
+        sigma = 1e-3 * (0.1 + rand(c))
+    else:
+        mu = 0.5 * randn(c)
+        sigma = 0.5 + 1.5 * rand(c)
+    if sc.distribution == "constant-channel":
+        mu[0] = sign[0] * (sc.offset or 1.0)
+        sigma[0] = 0.0
+    xs, dys = [], []
+    for _ in sc.steps:
+        z = randn(*shape)
+        if sc.distribution == "outliers" and z.numel():
+            mask = rand(*shape) < 0.02
+            z = torch.where(mask, z * 50.0, z)
+        x = (mu.view(view) + sigma.view(view) * z).to(dt)
+        xs.append(_layout(x.to(sc.device), sc.layout))
+        dys.append(_layout(randn(*shape).to(dt).to(sc.device), sc.layout))
+    weight = (sign * (0.5 + rand(c))).to(pdt).double()
+    bias = randn(c).to(pdt).double()
+    running_mean = (0.5 * randn(c)).to(pdt).double()
+    running_var = (0.5 + 1.5 * rand(c)).to(pdt).double()
+    return Data(xs, dys, weight, bias, running_mean, running_var)
