@@ -109,8 +109,10 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
     mode = training_mode(training, grad_enabled, knobs)
     track = cfg.track_running_stats
     res = StepResult(state=state.clone())
-    if (mode or not track) and n_torch == 1:
-        res.error = "ValueError"     # torch: "Expected more than 1 value per channel when training"
+    if (mode or not track) and (n_torch == 1 or cfg.eps <= 0.0):
+        # torch: "Expected more than 1 value per channel when training", and (torch >= 2.13)
+        # "batch_norm eps must be positive during training"
+        res.error = "ValueError"
         return res
     dims = _dims(rank, knobs.reduction)
     shape = (1, c) + (1,) * (rank - 2)
@@ -244,6 +246,8 @@ class OracleBatchNorm(torch.nn.Module):
         res = forward(x.double().contiguous(), w, b, state, self.cfg, training=self.training,
                       grad_enabled=torch.is_grad_enabled(), knobs=self.knobs)
         if res.error:
+            if self.cfg.eps <= 0.0:
+                raise ValueError(f"batch_norm eps must be positive during training, but got {self.cfg.eps}")
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
         if track:
             with torch.no_grad():

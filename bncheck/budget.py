@@ -1,0 +1,117 @@
+"""Error budgets: how far a *correct* floating-point BatchNorm may differ from the exact (float64) result.
+
+The model (per element, per channel c, reduction size n, unit roundoff u of a dtype: 2^-53, 2^-24, 2^-11, 2^-8):
+
+    s      = sqrt(var_c + eps)                          the normaliser actually used
+    cond_e = (|x_e| + |center_c|) / s                   cancellation in x - center, relative to s
+    cond_c = (|center_c| + std_c) / s + 1               conditioning of the channel's statistics
+    g(n)   = 1 + log2(1 + n)                            error growth of a pairwise/blocked reduction
+
+    output      K * g(n) * [u_in * (cond_e + cond_c * |xhat_e|) * |w_c| + u_out * (|y_e| + |b_c|)]
+    running_mean K * g(n) * [u_p * (|(1-f) rm_old| + |f mean|) + f * u_in * (|mean| + std)]
+    running_var  K * g(n) * [u_p * (|(1-f) rv_old| + |f var_unb|) + f * u_in * (var + |mean| std) * n/(n-1)]
+    dx (train)  K * g(n) * u_in * |w|/s * [|dy_e| + mean|dy| + (1 + |xhat_e|) * cond_c * (mean|dy xhat| + mean|dy|)]
+                + K * u_out * |dx_e|
+    dx (eval)   K * (u_in * |dy_e| * |w| / s + u_out * |dx_e|)
+    dweight     K * g(n) * [u_in * cond_c * sum|dy| (1 + |xhat|) + u_p * |dweight|]
+    dbias       K * g(n) * [u_in * sum|dy| + u_p * |dbias|]
+
+u_in is the input dtype's roundoff: a correct implementation may round intermediates (x - mean, the mean
+itself) to the input precision, but must accumulate reductions in float32 or better. A reduction accumulated in
+float16 grows like n * u_half and an E[x^2]-E[x]^2 variance like u * mean^2 / var: both leave this budget as n or
+|mean|/std grows, which is what ``cancellation`` and ``low-precision-accumulation`` findings rest on.
+
+K = 8 covers the constant factors of the individual roundings (each term above stands for a handful of
+operations). The model is cross-checked against torch's native kernels in ``tests/test_budget.py``: torch's own
+error versus the oracle must stay below one budget on every generated scenario, and the report shows torch's
+worst ratio next to each implementation's.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+K = 8.0
+UNIT_ROUNDOFF = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11,
+                 torch.bfloat16: 2.0 ** -8}
+TINY = 1e-300
+
+
+def u(dtype: torch.dtype) -> float:
+    return UNIT_ROUNDOFF.get(dtype, 2.0 ** -24)
+
+
+def growth(n: int) -> float:
+    return 1.0 + math.log2(1 + max(n, 0))
+
+
+def _chan(t: torch.Tensor, rank: int) -> torch.Tensor:
+    return t.view((1, -1) + (1,) * (rank - 2))
+
+
+def _dims(rank: int) -> list[int]:
+    return [0] + list(range(2, rank))
+
+
+def output(x, y_ref, center, var, eps, weight, bias, n, u_in, u_out, eps_outside=False):
+    """Per-element budget for the forward output (float64 tensors; center/var/weight/bias per channel)."""
+    rank = x.dim()
+    var = var.clamp_min(0)
+    s = torch.sqrt(var) + eps if eps_outside else torch.sqrt(var + eps)
+    s = s.clamp_min(TINY)
+    c, sc = _chan(center, rank), _chan(s, rank)
+    xhat = (x - c) / sc
+    cond_e = (x.abs() + c.abs()) / sc
+    cond_c = (c.abs() + _chan(var.sqrt(), rank)) / sc + 1
+    w = _chan(weight.abs(), rank) if weight is not None else 1.0
+    b = _chan(bias.abs(), rank) if bias is not None else 0.0
+    return K * growth(n) * (u_in * (cond_e + cond_c * xhat.abs()) * w + u_out * (y_ref.abs() + b)) + TINY
+
+
+def running_mean(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p):
+    f = factor if factor is not None else 0.0
+    std = batch_var.clamp_min(0).sqrt()
+    return K * growth(n) * (u_p * ((1 - f) * old.abs() + f * batch_mean.abs() + new_ref.abs())
+                            + f * u_in * (batch_mean.abs() + std)) + TINY
+
+
+def running_var(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p):
+    f = factor if factor is not None else 0.0
+    bessel = n / (n - 1) if n > 1 else 1.0
+    std = batch_var.clamp_min(0).sqrt()
+    return K * growth(n) * (u_p * ((1 - f) * old.abs() + f * batch_var.abs() * bessel + new_ref.abs())
+                            + f * u_in * (batch_var + batch_mean.abs() * std) * bessel) + TINY
+
+
+def input_grad(x, dy, dx_ref, center, var, eps, weight, n, u_in, u_out, batch_stats: bool):
+    rank = x.dim()
+    s = torch.sqrt(var.clamp_min(0) + eps).clamp_min(TINY)
+    w = _chan(weight.abs(), rank) if weight is not None else 1.0
+    ws = w / _chan(s, rank)
+    if not batch_stats:
+        return K * (u_in * dy.abs() * ws + u_out * dx_ref.abs()) + TINY
+    dims = _dims(rank)
+    c = _chan(center, rank)
+    xhat = (x - c) / _chan(s, rank)
+    cond_c = (c.abs() + _chan(var.clamp_min(0).sqrt(), rank)) / _chan(s, rank) + 1
+    mdy = dy.abs().mean(dims, keepdim=True) if dy.numel() else dy.new_zeros(c.shape)
+    mdyx = (dy * xhat).abs().mean(dims, keepdim=True) if dy.numel() else dy.new_zeros(c.shape)
+    return (K * growth(n) * u_in * ws * (dy.abs() + mdy + (1 + xhat.abs()) * cond_c * (mdyx + mdy))
+            + K * u_out * dx_ref.abs() + TINY)
+
+
+def weight_grad(x, dy, dw_ref, center, var, eps, n, u_in, u_p):
+    rank = x.dim()
+    dims = _dims(rank)
+    s = torch.sqrt(var.clamp_min(0) + eps).clamp_min(TINY)
+    xhat = (x - _chan(center, rank)) / _chan(s, rank)
+    cond_c = (center.abs() + var.clamp_min(0).sqrt()) / s + 1
+    total = (dy.abs() * (1 + xhat.abs())).sum(dims) if dy.numel() else dw_ref.new_zeros(dw_ref.shape)
+    return K * growth(n) * (u_in * cond_c * total + u_p * dw_ref.abs()) + TINY
+
+
+def bias_grad(dy, db_ref, n, u_in, u_p):
+    dims = _dims(dy.dim())
+    total = dy.abs().sum(dims) if dy.numel() else db_ref.new_zeros(db_ref.shape)
+    return K * growth(n) * (u_in * total + u_p * db_ref.abs()) + TINY

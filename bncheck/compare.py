@@ -1,0 +1,270 @@
+"""Compare a Trace with the step-local float64 oracle: the list of discrepancies, each with its evidence.
+
+Attributes (error raised, shape, dtype, memory format, state layout) are compared before values. Values are
+compared element-wise against the budgets of ``budget``; a discrepancy's ``ratio`` is its worst error as a
+multiple of budget. ``structural`` discrepancies name their catalog id directly (the direct probes);
+``value`` discrepancies are explained by ``diagnose`` with counterfactual oracle runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import budget as B
+from . import oracle as O
+from .execute import Observation, Trace
+from .scenario import Data, Scenario
+
+VALUE_FIELDS = ("output", "running_mean", "running_var", "num_batches_tracked", "dx", "dweight", "dbias")
+
+
+@dataclass
+class Discrepancy:
+    step: int
+    field: str
+    ratio: float                  # worst |diff| / budget (inf for structural)
+    detail: str
+    finding: str | None = None    # catalog id for structural discrepancies
+
+    @property
+    def structural(self) -> bool:
+        return self.finding is not None
+
+    def where(self, sc: Scenario) -> str:
+        if self.step < 0:
+            return self.field
+        s = sc.steps[self.step]
+        return f"{self.field} after step {self.step + 1} ({'train' if s.train else 'eval'}" \
+               f"{'' if s.grad else ', no_grad'})"
+
+
+@dataclass
+class Comparison:
+    discrepancies: list = field(default_factory=list)
+    ratios: dict = field(default_factory=dict)      # field -> worst ratio seen (passing or not)
+    declined: str | None = None                     # Unsupported: nothing compared
+
+    def worst(self) -> float:
+        return max(self.ratios.values(), default=0.0)
+
+    def value_failures(self):
+        return [d for d in self.discrepancies if not d.structural]
+
+    def add(self, d: Discrepancy):
+        self.discrepancies.append(d)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _values(cmp: Comparison, step: int, name: str, got: torch.Tensor | None, ref: torch.Tensor | None,
+            bud: torch.Tensor | None, dtype: torch.dtype = torch.float64):
+    """Compare float64 ``got`` with ``ref`` under per-element ``bud``; record ratio and any discrepancy.
+
+    ``dtype`` is the precision the value is stored in: where the exact value exceeds its largest finite number,
+    an infinity of the right sign is the correct result (overflow), not a defect."""
+    if ref is None and got is None:
+        return
+    if ref is None:
+        ref = torch.zeros_like(got)
+        bud = torch.full_like(got, B.TINY)
+    if got is None:
+        cmp.add(Discrepancy(step, name, math.inf, "missing (torch produces a value)"))
+        cmp.ratios[name] = math.inf
+        return
+    if got.shape != ref.shape:
+        if got.numel() == ref.numel():
+            got = got.reshape(ref.shape)
+        else:
+            cmp.add(Discrepancy(step, name, math.inf, f"shape {tuple(got.shape)}, torch {tuple(ref.shape)}"))
+            cmp.ratios[name] = math.inf
+            return
+    if ref.numel() == 0:
+        cmp.ratios.setdefault(name, 0.0)
+        return
+    big = torch.finfo(dtype).max
+    overflow = (ref.abs() > big) & torch.isinf(got) & (torch.sign(got) == torch.sign(ref))
+    ref = torch.where(overflow, got, ref)
+    ref_fin, got_fin = torch.isfinite(ref), torch.isfinite(got)
+    both_nan = ref.isnan() & got.isnan()
+    same_inf = (~ref_fin) & (~got_fin) & (ref == got)
+    bad_nonfinite = ref_fin & ~got_fin
+    if bad_nonfinite.any():
+        idx = tuple(int(i) for i in bad_nonfinite.nonzero()[0])
+        cmp.add(Discrepancy(step, name, math.inf,
+                            f"{int(bad_nonfinite.sum())} non-finite value(s), first at {idx}: {got[idx].item()} "
+                            f"where torch gives {_fmt(ref[idx].item())}", finding="nan-inf"))
+        cmp.ratios[name] = math.inf
+        return
+    diff = (got - ref).abs()
+    diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
+    diff = torch.where(~ref_fin & ~(both_nan | same_inf), torch.full_like(diff, math.inf), diff)
+    ratio = diff / bud
+    r = float(ratio.max())
+    cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), r)
+    if r > 1.0:
+        flat = int(torch.argmax(torch.nan_to_num(ratio, nan=math.inf)).item())
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape))
+        bad = int((ratio > 1).sum())
+        cmp.add(Discrepancy(step, name, r,
+                            f"max |diff| {_fmt(diff[idx].item())} at {idx} (got {_fmt(got[idx].item())}, expected "
+                            f"{_fmt(ref[idx].item())}) = {_fmt(r)} x budget ({_fmt(bud[idx].item())}); "
+                            f"{bad}/{ratio.numel()} elements over budget"))
+
+
+def oracle_state(sc: Scenario, trace: Trace, data: Data) -> O.State:
+    if not sc.track_running_stats:
+        return O.State()
+    return O.State(data.running_mean.clone(), data.running_var.clone(), 0)
+
+
+def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
+            structural: bool = True) -> Comparison:
+    cmp = Comparison()
+    if trace.unsupported is not None:
+        cmp.declined = trace.unsupported
+        return cmp
+    if trace.build_error is not None:
+        cmp.add(Discrepancy(-1, "build", math.inf, trace.build_error, finding="crash"))
+        return cmp
+    cfg = O.Config(sc.eps, sc.momentum, sc.track_running_stats)
+    c = sc.channels
+    u_in, u_p = B.u(sc.torch_dtype), B.u(sc.torch_param_dtype)
+    w = trace.weight if sc.affine else None
+    b = trace.bias if sc.affine else None
+    if sc.affine and (w is None or b is None):
+        w = data.weight if w is None else w
+        b = data.bias if b is None else b
+    own = oracle_state(sc, trace, data)
+    if structural:
+        _state_probes(cmp, sc, trace)
+    for k, (stp, obs) in enumerate(zip(sc.steps, trace.steps)):
+        obs: Observation
+        if obs.unsupported is not None:
+            cmp.declined = obs.unsupported
+            break
+        st = own
+        if sc.track_running_stats and obs.before is not None and obs.before.readable:
+            st = O.State(obs.before.running_mean, obs.before.running_var,
+                         own.num_batches_tracked if obs.before.num_batches_tracked is None
+                         else obs.before.num_batches_tracked)
+        x, dy = data.xs[k], data.dys[k]
+        res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs)
+        own = res.state if res.error is None else st
+        if structural and obs.input_mutated:
+            cmp.add(Discrepancy(k, "input", math.inf, "the input tensor was modified in place",
+                                finding="input-mutated"))
+        if structural and obs.stats_hold_graph:
+            cmp.add(Discrepancy(k, "running stats", math.inf, "running buffers have requires_grad/grad_fn after "
+                                "the step (they carry autograd history)", finding="running-stats-hold-graph"))
+        if res.error is not None:
+            if obs.error is None and structural:
+                cmp.add(Discrepancy(k, "error", math.inf, f"no error raised; torch raises {res.error} "
+                                    f"(Expected more than 1 value per channel when training)",
+                                    finding="missing-error"))
+            elif obs.error is not None and obs.error != res.error and structural:
+                cmp.add(Discrepancy(k, "error", math.inf, f"raises {obs.error}: {obs.error_message}; torch raises "
+                                    f"{res.error}", finding="missing-error"))
+            continue
+        if obs.error is not None:
+            cmp.add(Discrepancy(k, "error", math.inf, f"{obs.error} in {obs.error_where}: {obs.error_message}",
+                                finding="crash"))
+            continue
+        y = obs.y
+        if structural:
+            if y.dtype != sc.torch_dtype:
+                cmp.add(Discrepancy(k, "output dtype", math.inf, f"output dtype {str(y.dtype)[6:]}, input (and "
+                                    f"torch's output) {sc.dtype}", finding="dtype-promotion"))
+            if sc.layout == "channels_last":
+                fmt = torch.channels_last if sc.rank == 4 else torch.channels_last_3d
+                if y.dim() == sc.rank and not y.is_contiguous(memory_format=fmt):
+                    cmp.add(Discrepancy(k, "output layout", math.inf, f"channels_last input, output strides "
+                                        f"{y.stride()} are not channels_last", finding="layout-not-preserved"))
+        y64 = y.to("cpu", torch.float64)
+        x64 = x.to("cpu", torch.float64)
+        eps_used = sc.eps if knobs.eps_override is None else knobs.eps_override
+        if y64.shape != res.y.shape:
+            _values(cmp, k, "output", y64, res.y, None)
+        else:
+            bud = B.output(x64, res.y, res.center, res.var, eps_used, w, b, res.n if res.used_batch_stats else 1,
+                           u_in, u_in, eps_outside=knobs.eps_placement == "outside")
+            _values(cmp, k, "output", y64, res.y, bud, sc.torch_dtype)
+        if sc.track_running_stats:   # every step: eval must leave the stats alone
+            _stats(cmp, k, obs, st, res, u_in, u_p, sc.torch_param_dtype)
+        if stp.grad and res.dx is not None:
+            dx = None if obs.dx is None else obs.dx.to("cpu", torch.float64)
+            if dx is not None and dx.shape == res.dx.shape:
+                bud = B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, res.center, res.var, eps_used, w,
+                                   res.n, u_in, u_in, res.used_batch_stats)
+                _values(cmp, k, "dx", dx, res.dx, bud, sc.torch_dtype)
+            else:
+                _values(cmp, k, "dx", dx, res.dx, None)
+            if sc.affine:
+                dy64 = dy.to("cpu", torch.float64)
+                if obs.affine_grad_missing and res.dweight is not None and structural:
+                    cmp.add(Discrepancy(k, "weight/bias grad", math.inf, "weight/bias .grad is None after "
+                                        "backward (gradient cut, e.g. by .data or .detach())",
+                                        finding="no-grad-to-affine"))
+                elif not obs.affine_grad_missing or res.dweight is None:
+                    if res.dweight is not None:
+                        _values(cmp, k, "dweight", obs.dweight, res.dweight,
+                                B.weight_grad(x64, dy64, res.dweight, res.center, res.var, eps_used, res.n, u_in, u_p),
+                                sc.torch_param_dtype)
+                        _values(cmp, k, "dbias", obs.dbias, res.dbias, B.bias_grad(dy64, res.dbias, res.n, u_in, u_p),
+                                sc.torch_param_dtype)
+                    else:
+                        _values(cmp, k, "dweight", obs.dweight, None, None)
+                        _values(cmp, k, "dbias", obs.dbias, None, None)
+    return cmp
+
+
+def _stats(cmp: Comparison, k: int, obs: Observation, st: O.State, res: O.StepResult, u_in, u_p, pdt):
+    after, new = obs.after, res.state
+    if after is None or not after.readable or new.running_mean is None:
+        return
+    n = res.n
+    bm = res.batch_mean if res.batch_mean is not None else torch.zeros_like(new.running_mean)
+    bv = res.batch_var if res.batch_var is not None else torch.zeros_like(new.running_var)
+    bm, bv = torch.nan_to_num(bm), torch.nan_to_num(bv)
+    f = res.factor
+    _values(cmp, k, "running_mean", after.running_mean, new.running_mean,
+            B.running_mean(st.running_mean, new.running_mean, bm, bv, f, n, u_in, u_p), pdt)
+    _values(cmp, k, "running_var", after.running_var, new.running_var,
+            B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p), pdt)
+    if after.num_batches_tracked is not None and after.num_batches_tracked != new.num_batches_tracked:
+        cmp.add(Discrepancy(k, "num_batches_tracked", math.inf,
+                            f"num_batches_tracked {after.num_batches_tracked}, expected {new.num_batches_tracked}"))
+        cmp.ratios["num_batches_tracked"] = math.inf
+
+
+def _state_probes(cmp: Comparison, sc: Scenario, trace: Trace):
+    if not sc.track_running_stats:
+        return
+    c = sc.channels
+    for key in ("running_mean", "running_var"):
+        path = trace.stat_attrs.get(key, key)
+        reads = [o.before for o in trace.steps if o.before] + [o.after for o in trace.steps if o.after]
+        if not reads:
+            continue
+        if not reads[0].present.get(key):
+            cmp.add(Discrepancy(-1, key, math.inf, f"no attribute {path!r} (state mapping) on the module",
+                                finding="stats-not-buffers"))
+            continue
+        if path not in trace.buffer_names or path not in trace.state_dict_keys:
+            cmp.add(Discrepancy(-1, key, math.inf, f"{path!r} is a plain attribute, not a registered buffer: "
+                                f"missing from state_dict() (keys: {list(trace.state_dict_keys)}) and not moved "
+                                f"by .to()", finding="stats-not-buffers"))
+        for i, r in enumerate(reads):
+            shape = r.shapes.get(key)
+            if shape is not None and shape != (c,):
+                when = "initially" if i == 0 else "after a step"
+                first_bad = next((j for j, o in enumerate(trace.steps) if o.after and o.after.shapes.get(key)
+                                  not in (None, (c,))), -1)
+                if i == 0:
+                    first_bad = -1
+                cmp.add(Discrepancy(first_bad, key, math.inf, f"{path!r} has shape {shape} {when}, expected ({c},)",
+                                    finding="state-shape-drift"))
+                break

@@ -1,0 +1,404 @@
+"""Mutants of ``ScratchBN``: each has exactly one defect, of a kind found in real from-scratch BatchNorm code.
+
+Every mutant overrides one hook of ``ScratchBN`` and names, in ``finding``, the catalog id that a perfect diagnosis
+reports for it. Its docstring states the defect in one line. ``tests/test_zoo_sanity.py`` shows, against torch,
+that each defect shows where it should and nowhere else.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import LOW_PRECISION, ScratchBN, bcast_shape, values_per_channel
+
+
+# -- running statistics: momentum -------------------------------------------------------------------------------
+
+class InvertedMomentum(ScratchBN):
+    """Running update follows the Keras convention new = m*old + (1-m)*batch with torch's m."""
+    finding = "inverted-momentum"
+
+    def _blend(self, old, new, factor):
+        return factor * old + (1 - factor) * new
+
+
+class MomentumIgnored(ScratchBN):
+    """The momentum argument is ignored; the running update always uses 0.1."""
+    finding = "momentum-ignored"
+
+    def _momentum_factor(self):
+        return 0.1
+
+
+class MomentumNoneAsDefault(ScratchBN):
+    """momentum=None falls back to 0.1 instead of a cumulative moving average."""
+    finding = "momentum-none"
+
+    def _momentum_factor(self):
+        return 0.1 if self.momentum is None else self.momentum
+
+
+class MomentumNoneCrash(ScratchBN):
+    """momentum=None is used as a number, so the first training step raises TypeError."""
+    finding = "momentum-none"
+
+    def _momentum_factor(self):
+        return self.momentum
+
+
+# -- running statistics: what is stored, and when ---------------------------------------------------------------
+
+class BiasedRunningVar(ScratchBN):
+    """running_var is updated with the biased batch variance (no n/(n-1) correction)."""
+    finding = "biased-running-var"
+
+    def _unbiased(self, var, n):
+        return var
+
+
+class StatsUpdatedInEval(ScratchBN):
+    """Running statistics (and num_batches_tracked) are updated in eval mode too."""
+    finding = "stats-updated-in-eval"
+
+    def _updates_running(self, training):
+        return self.track_running_stats
+
+
+class StatsNotUpdated(ScratchBN):
+    """The running update rebinds local names, so running_mean/running_var never change."""
+    finding = "stats-not-updated"
+
+    def _update_running(self, mean, var, n):
+        if n == 0:
+            return
+        with torch.no_grad():
+            factor = self._momentum_factor()
+            running_mean, running_var = self.running_mean, self.running_var
+            running_mean = self._blend(running_mean, self._channel(mean), factor)
+            running_var = self._blend(running_var, self._unbiased(self._channel(var), n), factor)
+
+
+class RunningStatsHoldGraph(ScratchBN):
+    """The running update runs with autograd on, so the buffers carry grad_fn history."""
+    finding = "running-stats-hold-graph"
+
+    def _update_running(self, mean, var, n):
+        if n == 0:
+            return
+        factor = self._momentum_factor()
+        self.running_mean = self._blend(self.running_mean, self._channel(mean), factor).to(self.running_mean.dtype)
+        self.running_var = self._blend(self.running_var, self._unbiased(self._channel(var), n),
+                                       factor).to(self.running_var.dtype)
+
+
+class StatsNotBuffers(ScratchBN):
+    """Running statistics are plain tensor attributes, so state_dict() and .to() do not see them."""
+    finding = "stats-not-buffers"
+
+    def _init_running_stats(self, num_features, factory):
+        self.running_mean = torch.zeros(num_features, **factory)
+        self.running_var = torch.ones(num_features, **factory)
+        self.num_batches_tracked = torch.tensor(0, dtype=torch.long, device=factory["device"])
+
+
+class StateShapeDrift(ScratchBN):
+    """The running update assigns keepdim-shaped statistics, so the buffers become (1, C, 1, ...) after a step."""
+    finding = "state-shape-drift"
+
+    def _update_running(self, mean, var, n):
+        if n == 0:
+            return
+        with torch.no_grad():
+            factor = self._momentum_factor()
+            self.running_mean = self._blend(self.running_mean.reshape(mean.shape), mean,
+                                            factor).to(self.running_mean.dtype)
+            self.running_var = self._blend(self.running_var.reshape(var.shape), self._unbiased(var, n),
+                                           factor).to(self.running_var.dtype)
+
+
+class NanAfterEmptyBatch(ScratchBN):
+    """An empty batch is not skipped, so its NaN mean/variance poison the running statistics."""
+    finding = "nan-inf"
+
+    def _update_running(self, mean, var, n):
+        with torch.no_grad():
+            factor = self._momentum_factor()
+            self.running_mean.copy_(self._blend(self.running_mean, self._channel(mean), factor))
+            self.running_var.copy_(self._blend(self.running_var, self._unbiased(self._channel(var), n), factor))
+
+
+# -- which statistics normalise the output ----------------------------------------------------------------------
+
+class UnbiasedNormalization(ScratchBN):
+    """The output is normalised with the unbiased batch variance (torch.var's default correction)."""
+    finding = "unbiased-normalization"
+
+    def _norm_stats(self, x, training, mean, var):
+        if self._use_batch_stats(training):
+            n = values_per_channel(x)
+            return mean, var * (n / max(n - 1, 1))
+        return super()._norm_stats(x, training, mean, var)
+
+
+class EvalUsesBatchStats(ScratchBN):
+    """Eval mode normalises with the batch statistics instead of the running estimates."""
+    finding = "eval-uses-batch-stats"
+
+    def _use_batch_stats(self, training):
+        return True
+
+
+class TrainUsesRunningStats(ScratchBN):
+    """Training updates the running statistics, then normalises with them instead of the batch statistics."""
+    finding = "train-uses-running-stats"
+
+    def _use_batch_stats(self, training):
+        return not self.track_running_stats
+
+
+class ModeFromGradMode(ScratchBN):
+    """Train/eval is decided by torch.is_grad_enabled() instead of module.training."""
+    finding = "mode-from-grad-mode"
+
+    def _training_mode(self):
+        return torch.is_grad_enabled()
+
+
+class NoTrackEvalUsesRunning(ScratchBN):
+    """With track_running_stats=False, eval normalises with fixed mean 0 / variance 1 instead of batch statistics."""
+    finding = "no-track-eval-uses-running"
+
+    def _norm_stats(self, x, training, mean, var):
+        if not training and not self.track_running_stats:
+            shape = bcast_shape(x)
+            dtype = self._compute_dtype(x)
+            return (torch.zeros(shape, dtype=dtype, device=x.device),
+                    torch.ones(shape, dtype=dtype, device=x.device))
+        return super()._norm_stats(x, training, mean, var)
+
+
+class BatchOnlyReduction(ScratchBN):
+    """Statistics are taken over the batch axis only (one per channel and position), not over N and space."""
+    finding = "wrong-reduction-axes"
+
+    def _reduce_dims(self, x):
+        return (0,)
+
+
+# -- the normalisation formula ----------------------------------------------------------------------------------
+
+class EpsOutsideSqrt(ScratchBN):
+    """Normalises by sqrt(var) + eps instead of sqrt(var + eps)."""
+    finding = "eps-outside-sqrt"
+
+    def _normalize(self, xc, mean, var):
+        return (xc - mean) / (torch.sqrt(var) + self.eps)
+
+
+class EpsHardcoded(ScratchBN):
+    """Uses a hard-coded eps of 1e-3 (the Keras default) whatever eps was passed."""
+    finding = "eps-ignored"
+
+    def _normalize(self, xc, mean, var):
+        return (xc - mean) / torch.sqrt(var + 1e-3)
+
+
+class EpsDropped(ScratchBN):
+    """Leaves eps out entirely: (x - mean) / sqrt(var)."""
+    finding = "eps-ignored"
+
+    def _normalize(self, xc, mean, var):
+        return (xc - mean) / torch.sqrt(var)
+
+
+class AffineSwapped(ScratchBN):
+    """weight and bias are swapped: y = x_hat * bias + weight."""
+    finding = "affine-wrong"
+
+    def _affine(self, y):
+        if not self.affine:
+            return y
+        shape = bcast_shape(y)
+        return y * self.bias.to(y.dtype).reshape(shape) + self.weight.to(y.dtype).reshape(shape)
+
+
+class AffineOnePlusWeight(ScratchBN):
+    """Scales by (1 + weight), a zero-centred-gamma convention, although weight is initialised to ones."""
+    finding = "affine-wrong"
+
+    def _affine(self, y):
+        if not self.affine:
+            return y
+        shape = bcast_shape(y)
+        return y * (1 + self.weight.to(y.dtype).reshape(shape)) + self.bias.to(y.dtype).reshape(shape)
+
+
+# -- numerics ---------------------------------------------------------------------------------------------------
+
+class Cancellation(ScratchBN):
+    """Variance by E[x^2] - E[x]^2 in the compute dtype, which cancels catastrophically when |mean| >> std."""
+    finding = "cancellation"
+
+    def _batch_stats(self, x):
+        xc = x.to(self._compute_dtype(x))
+        dims = self._reduce_dims(x)
+        mean = xc.mean(dims, keepdim=True)
+        var = xc.square().mean(dims, keepdim=True) - mean.square()
+        return mean, var
+
+
+def sequential_sum(xs: torch.Tensor) -> torch.Tensor:
+    """Sum ``xs`` of shape (C, N, S) over N then S with an accumulator of ``xs.dtype``, one addition at a time."""
+    acc = xs.new_zeros(xs.shape[0], xs.shape[2])
+    for i in range(xs.shape[1]):
+        acc = acc + xs[:, i]
+    total = xs.new_zeros(xs.shape[0])
+    for j in range(xs.shape[2]):
+        total = total + acc[:, j]
+    return total
+
+
+class LowPrecisionAccumulation(ScratchBN):
+    """For float16/bfloat16 input, mean and variance sums are accumulated sample by sample in the input dtype."""
+    finding = "low-precision-accumulation"
+
+    def _batch_stats(self, x):
+        if x.dtype not in LOW_PRECISION:
+            return super()._batch_stats(x)
+        channels, n = x.shape[1], values_per_channel(x)
+        xs = x.transpose(0, 1).reshape(channels, x.shape[0], n // x.shape[0] if x.shape[0] else 0)
+        mean = sequential_sum(xs) / n
+        centered = xs - mean.reshape(channels, 1, 1)
+        var = sequential_sum(centered * centered) / n
+        dtype, shape = self._compute_dtype(x), bcast_shape(x)
+        return mean.to(dtype).reshape(shape), var.to(dtype).reshape(shape)
+
+
+class DtypePromotion(ScratchBN):
+    """Returns the float32 compute result for float16/bfloat16 input instead of casting back."""
+    finding = "dtype-promotion"
+
+    def _finish(self, y, x):
+        from .reference import output_memory_format
+        return y.contiguous(memory_format=output_memory_format(x))
+
+
+class NanGradConstantChannel(ScratchBN):
+    """Normalises by sqrt(std**2 + eps) with std = sqrt(var): a constant channel gets NaN input gradients."""
+    finding = "nan-inf"
+
+    def _normalize(self, xc, mean, var):
+        std = torch.sqrt(var)
+        return (xc - mean) / torch.sqrt(std * std + self.eps)
+
+
+# -- gradients --------------------------------------------------------------------------------------------------
+
+class BatchStatsDetached(ScratchBN):
+    """Batch mean and variance are detached, so the input gradient treats them as constants."""
+    finding = "batch-stats-detached"
+
+    def _batch_stats(self, x):
+        mean, var = super()._batch_stats(x)
+        return mean.detach(), var.detach()
+
+
+class NoGradToAffine(ScratchBN):
+    """weight and bias are applied detached, so they never receive gradients."""
+    finding = "no-grad-to-affine"
+
+    def _affine(self, y):
+        if not self.affine:
+            return y
+        shape = bcast_shape(y)
+        return y * self.weight.detach().to(y.dtype).reshape(shape) + self.bias.detach().to(y.dtype).reshape(shape)
+
+
+# -- inputs and robustness --------------------------------------------------------------------------------------
+
+class InputMutated(ScratchBN):
+    """When the input does not require grad, the result is written into the input tensor to save memory."""
+    finding = "input-mutated"
+
+    def _finish(self, y, x):
+        out = super()._finish(y, x)
+        if not x.requires_grad:
+            return x.copy_(out)
+        return out
+
+
+class NonContiguousCrash(ScratchBN):
+    """Reduces per (sample, channel) plane through x.view(N * C, -1), which fails on channels_last input."""
+    finding = "non-contiguous-crash"
+
+    def _batch_stats(self, x):
+        xc = x.to(self._compute_dtype(x))
+        batch, channels = x.shape[:2]
+        n = values_per_channel(x)
+        mean = xc.view(batch * channels, -1).sum(1).view(batch, channels).sum(0) / n
+        centered = xc - mean.reshape(bcast_shape(x))
+        var = centered.view(batch * channels, -1).square().sum(1).view(batch, channels).sum(0) / n
+        shape = bcast_shape(x)
+        return mean.reshape(shape), var.reshape(shape)
+
+
+class RankUnsupported(ScratchBN):
+    """Rejects 5D input, which BatchNorm3d accepts."""
+    finding = "rank-unsupported"
+
+    def _check_input(self, x):
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2D, 3D or 4D input (got {x.dim()}D input)")
+
+
+class MissingError(ScratchBN):
+    """Does not raise for one value per channel in training (normalises it to zero instead)."""
+    finding = "missing-error"
+
+    def _check_batch_size(self, x):
+        pass
+
+
+class AffineFalseCrash(ScratchBN):
+    """Applies weight and bias unconditionally, so affine=False raises AttributeError."""
+    finding = "crash"
+
+    def _affine(self, y):
+        shape = bcast_shape(y)
+        return y * self.weight.to(y.dtype).reshape(shape) + self.bias.to(y.dtype).reshape(shape)
+
+
+MUTANTS: dict[str, type[ScratchBN]] = {
+    "inverted-momentum": InvertedMomentum,
+    "momentum-ignored": MomentumIgnored,
+    "momentum-none-as-default": MomentumNoneAsDefault,
+    "momentum-none-crash": MomentumNoneCrash,
+    "biased-running-var": BiasedRunningVar,
+    "stats-updated-in-eval": StatsUpdatedInEval,
+    "stats-not-updated": StatsNotUpdated,
+    "running-stats-hold-graph": RunningStatsHoldGraph,
+    "stats-not-buffers": StatsNotBuffers,
+    "state-shape-drift": StateShapeDrift,
+    "nan-after-empty-batch": NanAfterEmptyBatch,
+    "unbiased-normalization": UnbiasedNormalization,
+    "eval-uses-batch-stats": EvalUsesBatchStats,
+    "train-uses-running-stats": TrainUsesRunningStats,
+    "mode-from-grad-mode": ModeFromGradMode,
+    "no-track-eval-uses-running": NoTrackEvalUsesRunning,
+    "batch-only-reduction": BatchOnlyReduction,
+    "eps-outside-sqrt": EpsOutsideSqrt,
+    "eps-hardcoded": EpsHardcoded,
+    "eps-dropped": EpsDropped,
+    "affine-swapped": AffineSwapped,
+    "affine-one-plus-weight": AffineOnePlusWeight,
+    "cancellation": Cancellation,
+    "low-precision-accumulation": LowPrecisionAccumulation,
+    "dtype-promotion": DtypePromotion,
+    "nan-grad-constant-channel": NanGradConstantChannel,
+    "batch-stats-detached": BatchStatsDetached,
+    "no-grad-to-affine": NoGradToAffine,
+    "input-mutated": InputMutated,
+    "non-contiguous-crash": NonContiguousCrash,
+    "rank-unsupported": RankUnsupported,
+    "missing-error": MissingError,
+    "affine-false-crash": AffineFalseCrash,
+}
