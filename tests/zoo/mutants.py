@@ -6,9 +6,12 @@ that each defect shows where it should and nowhere else.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .reference import LOW_PRECISION, ScratchBN, bcast_shape, values_per_channel
+from .reference import (LOW_PRECISION, ScratchBN, VarMeanBN, bcast_shape, output_memory_format,
+                        values_per_channel)
 
 
 # -- running statistics: momentum -------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ class LowPrecisionAccumulation(ScratchBN):
         if x.dtype not in LOW_PRECISION:
             return super()._batch_stats(x)
         channels, n = x.shape[1], values_per_channel(x)
-        xs = x.transpose(0, 1).reshape(channels, x.shape[0], n // x.shape[0] if x.shape[0] else 0)
+        xs = x.transpose(0, 1).reshape(channels, x.shape[0], math.prod(x.shape[2:]))
         mean = sequential_sum(xs) / n
         centered = xs - mean.reshape(channels, 1, 1)
         var = sequential_sum(centered * centered) / n
@@ -278,12 +281,15 @@ class DtypePromotion(ScratchBN):
     finding = "dtype-promotion"
 
     def _finish(self, y, x):
-        from .reference import output_memory_format
         return y.contiguous(memory_format=output_memory_format(x))
 
 
-class NanGradConstantChannel(ScratchBN):
-    """Normalises by sqrt(std**2 + eps) with std = sqrt(var): a constant channel gets NaN input gradients."""
+class NanGradConstantChannel(VarMeanBN):
+    """Normalises by sqrt(std**2 + eps) with std = sqrt(var): a constant channel gets NaN input gradients.
+
+    The statistics come from ``torch.var_mean`` (as in the correct ``VarMeanBN``), whose variance of a constant
+    channel is exactly zero, so the derivative of ``sqrt`` at zero (inf) meets a zero upstream gradient.
+    """
     finding = "nan-inf"
 
     def _normalize(self, xc, mean, var):
@@ -327,16 +333,16 @@ class InputMutated(ScratchBN):
 
 
 class NonContiguousCrash(ScratchBN):
-    """Reduces per (sample, channel) plane through x.view(N * C, -1), which fails on channels_last input."""
+    """Reduces per (sample, channel) plane through x.view(N * C, H * W), which fails on channels_last input."""
     finding = "non-contiguous-crash"
 
     def _batch_stats(self, x):
         xc = x.to(self._compute_dtype(x))
         batch, channels = x.shape[:2]
-        n = values_per_channel(x)
-        mean = xc.view(batch * channels, -1).sum(1).view(batch, channels).sum(0) / n
+        n, plane = values_per_channel(x), math.prod(x.shape[2:])
+        mean = xc.view(batch * channels, plane).sum(1).view(batch, channels).sum(0) / n
         centered = xc - mean.reshape(bcast_shape(x))
-        var = centered.view(batch * channels, -1).square().sum(1).view(batch, channels).sum(0) / n
+        var = centered.view(batch * channels, plane).square().sum(1).view(batch, channels).sum(0) / n
         shape = bcast_shape(x)
         return mean.reshape(shape), var.reshape(shape)
 

@@ -1,0 +1,76 @@
+"""Seed document 002 (notebook "Batch Normalization", custom BN): the BatchNorm class, as written.
+
+Reproduced with its bugs. The class has no eps argument (it hard-codes 1e-5); the adapter maps the rest.
+"""
+import torch
+import torch.nn as nn
+
+import bncheck
+
+
+class BatchNorm(nn.Module):
+    def __init__(self, num_features, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.eps = 1e-5
+        self.num_features=num_features
+        self.momentum = momentum
+        
+        if affine:
+            self.gamma = nn.Parameter(torch.ones(num_features))
+            self.beta = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.beta, self.gamma = None, None
+        
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            
+        else :
+            self.running_mean = torch.tensor(0)
+            self.running_var =  torch.tensor(1)
+
+
+    
+    def forward(self, x):
+        
+        if len(x.shape) == 2:
+            dim = 0
+            gamma = self.gamma[None, :]
+            beta = self.beta[None, :]
+           
+        elif len(x.shape) == 4 and x.shape[1] == self.num_features:
+            dim = (0, 2, 3)
+            gamma = self.gamma[None, :, None, None]
+            beta = self.beta[None, :, None, None]
+        else:
+            raise Exception(f"expected len of input dim be 2 or 4 but got {x.shape},\
+            num_features be at 2 dim")
+        
+        
+        if self.training :
+            mean = x.mean(dim=dim, keepdim=True)
+            var = x.var(dim=dim, unbiased=False, keepdim=True)
+
+            # Update running stats (for inference)
+            self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean.detach()
+            self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var.detach()
+        else:
+            mean = self.running_mean
+            var = self.running_var
+        
+        x_norm  = (x - mean)/torch.sqrt(var + self.eps) 
+        
+        if self.affine:
+            x_norm = gamma * x_norm + beta
+            
+        
+        return x_norm
+
+
+@bncheck.implementation("seed-002", state={"weight": "gamma", "bias": "beta"}, expect=set())
+def build(spec: bncheck.Spec) -> nn.Module:
+    return BatchNorm(spec.num_features, momentum=spec.momentum, affine=spec.affine,
+                     track_running_stats=spec.track_running_stats).to(spec.device, spec.dtype)
