@@ -1,0 +1,211 @@
+"""Diagnosis: turn discrepancies into named findings, each with its evidence.
+
+* Counterfactuals: value discrepancies are re-compared against the oracle with catalog knob settings flipped
+  (one at a time, then greedily combined, then in pairs). A setting that brings every owned value field back
+  within budget names the bug; the residual (worst error / budget under that setting) is the evidence.
+* Direct probes, for what no knob expresses: a crash is re-run with momentum=0.1, with a contiguous input and
+  with another rank to tell ``momentum-none``, ``non-contiguous-crash`` and ``rank-unsupported`` from a plain
+  ``crash``; growth of the error with |mean|/std or with the reduction size tells ``cancellation`` and
+  ``low-precision-accumulation``.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+from . import execute
+from .catalog import knob_hypotheses
+from .compare import Comparison, Discrepancy, compare
+from .oracle import Knobs
+from .registry import Implementation
+from .scenario import Scenario, Step, materialize
+
+MAX_GREEDY = 3
+
+
+@dataclass
+class Named:
+    id: str
+    where: str
+    evidence: list = field(default_factory=list)
+    ratio: float = float("inf")
+    knobs: dict = field(default_factory=dict)    # knob flips that reproduce it (empty for probes)
+
+
+def _alternatives():
+    return [(e.id, flip) for e in knob_hypotheses() for flip in e.knobs]
+
+
+def _residual(sc, data, trace, knobs: Knobs, owned) -> float:
+    cmp = compare(sc, data, trace, knobs, structural=False)
+    return max((cmp.ratios.get(f, 0.0) for f in owned), default=0.0)
+
+
+def explain(sc: Scenario, data, trace, owned: frozenset, base: Knobs, exhaustive: bool = True):
+    """Knob settings (on top of ``base``) under which every owned value field is within budget.
+
+    Returns (ids, flips, residual) or (None, closest_flips_description, residual_of_closest)."""
+    alts = _alternatives()
+    scored = []
+    for fid, flip in alts:
+        try:
+            r = _residual(sc, data, trace, replace(base, **flip), owned)
+        except Exception:
+            continue
+        scored.append((r, fid, flip))
+        if r <= 1.0:
+            return (fid,), flip, r
+    scored.sort(key=lambda t: t[0])
+    # greedy: keep adding the flip that lowers the residual most
+    chosen_ids, chosen = [], {}
+    current = min((s[0] for s in scored), default=float("inf"))
+    if scored:
+        chosen_ids, chosen = [scored[0][1]], dict(scored[0][2])
+    for _ in range(MAX_GREEDY - 1):
+        best = None
+        for fid, flip in alts:
+            if fid in chosen_ids or set(flip) & set(chosen):
+                continue
+            try:
+                r = _residual(sc, data, trace, replace(base, **chosen, **flip), owned)
+            except Exception:
+                continue
+            if best is None or r < best[0]:
+                best = (r, fid, flip)
+        if best is None or best[0] >= current:
+            break
+        current = best[0]
+        chosen_ids.append(best[1])
+        chosen.update(best[2])
+        if current <= 1.0:
+            return tuple(chosen_ids), chosen, current
+    if exhaustive:
+        for (a, fa), (b, fb) in itertools.combinations(alts, 2):
+            if a == b or set(fa) & set(fb):
+                continue
+            try:
+                r = _residual(sc, data, trace, replace(base, **fa, **fb), owned)
+            except Exception:
+                continue
+            if r <= 1.0:
+                return (a, b), {**fa, **fb}, r
+    closest = scored[0] if scored else (float("inf"), None, {})
+    return None, closest[2], closest[0]
+
+
+# -- probes ----------------------------------------------------------------------------------------------------
+def _run(impl: Implementation, sc: Scenario, base: Knobs) -> Comparison:
+    data = materialize(sc)
+    return compare(sc, data, execute.run(impl, sc, data), base)
+
+
+def _crashes(cmp: Comparison) -> bool:
+    return any(d.finding == "crash" for d in cmp.discrepancies)
+
+
+def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
+    """(finding id, evidence) for a crash seen on ``sc``."""
+    if sc.momentum is None and not _crashes(_run(impl, sc.with_(momentum=0.1), base)):
+        return "momentum-none", "the same scenario with momentum=0.1 runs"
+    if sc.layout != "contiguous" and not _crashes(_run(impl, sc.with_(layout="contiguous"), base)):
+        return "non-contiguous-crash", f"the same scenario with a contiguous input runs ({sc.layout} crashes)"
+    if sc.shape[0] == 0 and not _crashes(_run(impl, sc.with_(shape=(2,) + tuple(sc.shape[1:])), base)):
+        return "crash", "crashes on a zero-size batch (torch returns an empty output); N=2 runs"
+    n, c = max(sc.shape[0], 2), sc.channels
+    other = {2: (n, c), 3: (n, c, 3), 4: (n, c, 3, 2), 5: (n, c, 2, 3, 2)}
+    works = [r for r in (2, 3, 4, 5) if r != sc.rank and not _crashes(
+        _run(impl, sc.with_(shape=other[r], layout="contiguous"), base))]
+    if works:
+        return "rank-unsupported", f"rank {sc.rank} input crashes; rank {', '.join(map(str, works))} runs"
+    return "crash", "crashes on every input rank tried"
+
+
+def _ratio(cmp: Comparison, fields=("running_var", "output")) -> float:
+    return max((cmp.ratios.get(f, 0.0) for f in fields), default=0.0)
+
+
+OFFSETS = {"float64": (1e2, 1e5), "float32": (1e1, 1e3), "float16": (1.0, 1e2), "bfloat16": (1.0, 30.0)}
+
+
+def probe_cancellation(impl: Implementation, sc: Scenario, base: Knobs):
+    """Error growing like (|mean|/std)^2 relative to a stable algorithm's bound: E[x^2]-E[x]^2."""
+    lo, hi = OFFSETS[sc.dtype]
+    probe = sc.with_(shape=(64, min(sc.channels, 3)), layout="contiguous", steps=(Step(True, False),),
+                     momentum=0.1, eps=1e-5, distribution="offset")
+    r_lo = _ratio(_run(impl, probe.with_(offset=lo), base))
+    r_hi = _ratio(_run(impl, probe.with_(offset=hi), base))
+    if r_hi > 1.0 and r_hi >= 0.1 * (hi / lo) * max(r_lo, 1e-3):
+        return (f"error/budget grows with |mean|/std: {r_lo:.3g} at offset {lo:g}, {r_hi:.3g} at offset {hi:g} "
+                f"(a stable variance keeps it flat; E[x^2]-E[x]^2 loses ~(mean/std)^2 relative precision)")
+    return None
+
+
+def probe_low_precision(impl: Implementation, sc: Scenario, base: Knobs):
+    """Error growing with the reduction size in a half dtype: sums accumulated in float16/bfloat16."""
+    if sc.dtype not in ("float16", "bfloat16"):
+        return None
+    probe = sc.with_(layout="contiguous", steps=(Step(True, False),), momentum=0.1, eps=1e-5,
+                     distribution="offset", offset=4.0)
+    small = _ratio(_run(impl, probe.with_(shape=(16, min(sc.channels, 2))), base))
+    large = _ratio(_run(impl, probe.with_(shape=(4096, min(sc.channels, 2))), base))
+    if large > 1.0 and large >= 4 * max(small, 1e-3):
+        return (f"error/budget grows with the reduction size: {small:.3g} at n=16, {large:.3g} at n=4096 "
+                f"(float32 accumulation keeps it flat)")
+    return None
+
+
+def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned_values: frozenset,
+         owned: list, base: Knobs, exhaustive: bool = True) -> list[Named]:
+    """Name every owned discrepancy of one comparison."""
+    out: dict[str, Named] = {}
+
+    def add(fid, d: Discrepancy, lines, knobs=None):
+        if fid not in out:
+            out[fid] = Named(fid, d.where(sc), lines, d.ratio, knobs or {})
+
+    drift_step = min((d.step for d in cmp.discrepancies if d.finding == "state-shape-drift"), default=None)
+    graph_step = min((d.step for d in cmp.discrepancies if d.finding == "running-stats-hold-graph"), default=None)
+    for d in owned:
+        if not d.structural:
+            continue
+        if d.finding == "crash":
+            if graph_step is not None and d.step > graph_step and "backward" in d.detail:
+                add("running-stats-hold-graph", d, [d.detail, "backward reaches a previous step's graph through "
+                                                    "the running statistics"])
+                continue
+            if d.field == "error" and "value per channel" in d.detail:
+                continue
+            fid, why = classify_crash(impl, sc, base)
+            add(fid, d, [d.detail, why])
+        elif d.finding == "nan-inf":
+            why = probe_cancellation(impl, sc, base) if sc.distribution in ("offset", "constant-channel") else None
+            add("cancellation" if why else "nan-inf", d, [d.detail] + ([why] if why else []))
+        elif d.finding == "missing-error" and d.detail.startswith("raises "):
+            bigger = sc.with_(shape=(max(sc.shape[0], 1) * 4,) + tuple(sc.shape[1:]), eps=max(sc.eps, 1e-5))
+            if _crashes(_run(impl, bigger, base)):
+                fid, why = classify_crash(impl, bigger, base)
+                add(fid, d, [d.detail, why])
+        else:
+            add(d.finding, d, [d.detail])
+    values = [d for d in owned if not d.structural]
+    if drift_step is not None:   # the oracle cannot follow a state it cannot read: the drift is the cause
+        values = [] if drift_step < 0 else [d for d in values if d.step < drift_step]
+    if values:
+        worst = max(values, key=lambda d: d.ratio)
+        ids, flips, resid = explain(sc, data, trace, owned_values, base, exhaustive=exhaustive)
+        if ids:
+            desc = ", ".join(f"{k}={v}" for k, v in flips.items())
+            for fid in ids:
+                add(fid, worst, [worst.detail, f"matches the oracle with {desc} to {resid:.2g} x budget"],
+                    knobs=flips)
+        else:
+            why = probe_cancellation(impl, sc, base) or None
+            if why:
+                add("cancellation", worst, [worst.detail, why])
+            elif (why := probe_low_precision(impl, sc, base)):
+                add("low-precision-accumulation", worst, [worst.detail, why])
+            else:
+                desc = ", ".join(f"{k}={v}" for k, v in flips.items()) or "none"
+                add("output-mismatch", worst, [worst.detail, f"no catalog knob setting explains it; closest: {desc} "
+                                               f"(residual {resid:.3g} x budget)"])
+    return list(out.values())

@@ -1,0 +1,68 @@
+"""The properties bncheck searches, each with its own Hypothesis search so one bug does not mask another.
+
+A property owns some value fields (compared against the oracle within budget) and some structural finding ids;
+everything else seen while searching it is left to the property that owns it. ``crash`` is owned by all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from . import strategies as S
+
+ALL_LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    doc: str
+    strategy: st.SearchStrategy
+    values: frozenset = frozenset()         # value fields this property judges
+    structural: frozenset = frozenset()     # structural finding ids this property judges
+    targeted: bool = False                  # hypothesis.target the worst error ratio
+
+    def owns(self, d) -> bool:
+        if d.structural:
+            return d.finding in self.structural or d.finding in ("crash", "nan-inf")
+        return d.field in self.values
+
+
+def _p(name, doc, strategy, values=(), structural=(), targeted=False):
+    return Property(name, doc, strategy, frozenset(values), frozenset(structural), targeted)
+
+
+f32_64 = st.sampled_from([("float32", "float32"), ("float64", "float64")])
+
+PROPERTIES = [
+    _p("forward", "one training step: output values, errors", S.scenarios(
+        step_seqs=S.steps(1, 1, train=True), momentum=st.just(0.1)), values={"output"},
+        structural={"missing-error"}),
+    _p("running-stats", "running_mean / running_var / num_batches_tracked over train and eval sequences",
+       S.scenarios(step_seqs=S.steps(1, 5), affine=st.just(True)),
+       values={"running_mean", "running_var", "num_batches_tracked"}),
+    _p("modes", "output over sequences mixing train/eval and grad on/off", S.scenarios(
+        step_seqs=S.steps(2, 5), momentum=st.just(0.1)), values={"output"}),
+    _p("gradients", "input, weight and bias gradients with a random upstream gradient", S.scenarios(
+        step_seqs=S.steps(1, 3, grad=True), momentum=st.just(0.1)), values={"dx", "dweight", "dbias"},
+        structural={"no-grad-to-affine"}),
+    _p("untracked", "track_running_stats=False: batch statistics in every mode", S.scenarios(
+        step_seqs=S.steps(1, 3), track=st.just(False)), values={"output"}, structural={"missing-error"}),
+    _p("dtypes-layouts", "dtypes (incl. mixed precision), channels_last and non-contiguous input", S.scenarios(
+        dtypes=S.dtype_pairs(), layouts=ALL_LAYOUTS, step_seqs=S.steps(1, 2), momentum=st.just(0.1)),
+       values={"output", "dx"}, structural={"dtype-promotion", "layout-not-preserved"}),
+    _p("numerics", "adversarial inputs: large offsets, constant channels, tiny variance, outliers; larger batches",
+       S.scenarios(dtypes=S.dtype_pairs(), step_seqs=S.steps(1, 2, grad=False), momentum=st.just(0.1),
+                   distributions=("normal", "offset", "constant-channel", "tiny-variance", "outliers"),
+                   offsets=(10.0, 100.0, 1e3, 1e4), shape_kw=dict(max_n=64, max_spatial=8, min_reduction=2,
+                                                                    max_numel=8192)),
+       values={"output", "running_mean", "running_var"}, targeted=True),
+    _p("state", "buffers: registered, shaped (C,), no autograd history, input untouched", S.scenarios(
+        step_seqs=S.steps(1, 3)), structural={"stats-not-buffers", "state-shape-drift", "running-stats-hold-graph",
+                                              "input-mutated"}),
+    _p("errors", "inputs torch rejects: one value per channel in training", S.scenarios(
+        step_seqs=S.steps(1, 2), shape_kw=dict(max_n=2, max_spatial=1)), structural={"missing-error"}),
+]
+
+BY_NAME = {p.name: p for p in PROPERTIES}

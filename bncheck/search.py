@@ -1,0 +1,218 @@
+"""Search: drive Hypothesis over each property for one implementation, shrink, diagnose, repeat.
+
+Per property, search rounds run until one passes: a round's failure is shrunk by Hypothesis to a minimal
+scenario, diagnosed, and its named bug is then *assumed* by the next round (its oracle knobs applied, its
+structural id ignored), so the next round can only fail on a different bug. Runs are reproducible: every
+round's Hypothesis seed derives from ``--seed``, and no example database is used.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import hypothesis
+from hypothesis import HealthCheck, Phase, given, settings, target
+
+from . import diagnose, execute
+from .compare import compare
+from .oracle import TORCH, Knobs
+from .properties import PROPERTIES, Property
+from .registry import Implementation
+from .repro import script
+from .scenario import Scenario, materialize
+from .spec import Spec, Unsupported
+
+PROFILES = {
+    "quick": dict(max_examples=12, rounds=3),
+    "default": dict(max_examples=40, rounds=4),
+    "thorough": dict(max_examples=300, rounds=6),
+}
+CRASH_FAMILY = {"crash", "momentum-none", "non-contiguous-crash", "rank-unsupported"}
+UNEXPLAINED = {"output-mismatch", "cancellation", "low-precision-accumulation"}
+
+
+@dataclass
+class Finding:
+    id: str
+    property: str
+    where: str
+    evidence: list
+    error_ratio: float
+    scenario: Scenario
+    repro: str = ""
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "property": self.property, "where": self.where, "evidence": self.evidence,
+                "error_ratio": None if math.isinf(self.error_ratio) else self.error_ratio,
+                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro}
+
+
+@dataclass
+class PropertyResult:
+    name: str
+    cases: int = 0
+    declined: int = 0
+    findings: list = field(default_factory=list)
+    worst: dict = field(default_factory=dict)        # dtype label -> worst ratio over value fields
+    seconds: float = 0.0
+
+
+class PropertyFailure(AssertionError):
+    pass
+
+
+_FAILURES: dict[str, type] = {}
+
+
+def _failure(key: str) -> type:
+    if key not in _FAILURES:   # one exception class per failure kind: Hypothesis shrinks each separately
+        _FAILURES[key] = type("Failure_" + key.replace("-", "_").replace(":", "_"), (PropertyFailure,), {})
+    return _FAILURES[key]
+
+
+def dtype_label(sc: Scenario) -> str:
+    return sc.dtype if sc.dtype == sc.param_dtype else f"{sc.dtype}+{sc.param_dtype}"
+
+
+def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
+                    device: str = "cpu", index: int = 0) -> PropertyResult:
+    conf = PROFILES[profile]
+    res = PropertyResult(prop.name)
+    t0 = time.monotonic()
+    base: Knobs = TORCH
+    ignore: set[str] = set()
+    ignored_fields: set[str] = set()
+    for rnd in range(conf["rounds"]):
+        last = {}
+
+        def keys_of(sc, cmp):
+            keys = []
+            for d in cmp.discrepancies:
+                if not prop.owns(d):
+                    continue
+                if d.structural:
+                    fid = d.finding
+                    if fid == "crash" and ignore & CRASH_FAMILY:
+                        fid = diagnose.classify_crash(impl, sc, base)[0]
+                    if fid == "nan-inf" and "cancellation" in ignore:
+                        continue
+                    if fid not in ignore:
+                        keys.append(fid)
+                elif d.field not in ignored_fields:
+                    keys.append("value:" + d.field)
+            return sorted(set(keys))
+
+        def check(sc: Scenario):
+            sc = sc.with_(device=device)
+            data = materialize(sc)
+            trace = execute.run(impl, sc, data)
+            cmp = compare(sc, data, trace, base)
+            res.cases += 1
+            if cmp.declined is not None:
+                res.declined += 1
+                return
+            ratio = max((cmp.ratios.get(f, 0.0) for f in prop.values), default=0.0)
+            label = dtype_label(sc)
+            if not any(d.structural for d in cmp.discrepancies):
+                res.worst[label] = max(res.worst.get(label, 0.0), ratio)
+            if prop.targeted and math.isfinite(ratio):
+                target(min(ratio, 1e6), label="error/budget")
+            keys = keys_of(sc, cmp)
+            if keys:
+                last["case"] = (sc, data, trace, cmp)
+                raise _failure(keys[0])(f"{prop.name}: {keys} on {sc.describe()}")
+
+        test = settings(max_examples=conf["max_examples"], deadline=None, database=None,
+                        suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
+                        verbosity=hypothesis.Verbosity.quiet,
+                        phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink]
+                        if prop.targeted else [Phase.explicit, Phase.generate, Phase.shrink])(
+            given(prop.strategy)(check))
+        test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
+        try:
+            test()
+            break                       # the property holds (given what earlier rounds named)
+        except PropertyFailure:
+            pass
+        if "case" not in last:
+            break
+        sc, data, trace, cmp = last["case"]
+        owned = [d for d in cmp.discrepancies if prop.owns(d)]
+        named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, base)
+        new = [n for n in named if n.id not in ignore]
+        if not new:
+            break
+        for n in new:
+            res.findings.append(Finding(n.id, prop.name, n.where, n.evidence, n.ratio, sc,
+                                        script(impl.name, impl.source, n.id, n.where, sc)))
+            ignore.add(n.id)
+            if n.knobs:
+                base = replace(base, **n.knobs)
+            if n.id in UNEXPLAINED:
+                ignored_fields.update(d.field for d in owned if not d.structural)
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+CAPABILITIES = {
+    "rank 2": dict(ndim=2), "rank 3": dict(ndim=3), "rank 4": dict(ndim=4), "rank 5": dict(ndim=5),
+    "float64": dict(dtype="float64"), "float16": dict(dtype="float16"), "bfloat16": dict(dtype="bfloat16"),
+    "momentum=None": dict(momentum=None), "affine=False": dict(affine=False),
+    "track_running_stats=False": dict(track_running_stats=False),
+}
+
+
+def capabilities(impl: Implementation, device: str = "cpu") -> dict:
+    """Which configurations the builder accepts: 'yes', 'declined: why' or 'build error: why'."""
+    import torch
+    out = {}
+    for label, kw in CAPABILITIES.items():
+        kw = dict(kw)
+        if "dtype" in kw:
+            kw["dtype"] = getattr(torch, kw["dtype"])
+        spec = Spec(num_features=3, device=device, **kw)
+        try:
+            impl.build(spec)
+            out[label] = "yes"
+        except Unsupported as e:
+            out[label] = f"declined: {e}"
+        except Exception as e:
+            out[label] = f"build error: {type(e).__name__}: {e}"[:120]
+    return out
+
+
+def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
+                         properties=None, on_property=None) -> dict:
+    """Search every property; returns a plain (JSON-ready) result for the report."""
+    props = [p for p in PROPERTIES if properties is None or p.name in properties]
+    t0 = time.monotonic()
+    results = []
+    for i, prop in enumerate(props):
+        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i)
+        results.append(r)
+        if on_property:
+            on_property(prop.name, r)
+    return summarize(impl, results, capabilities(impl, device), time.monotonic() - t0)
+
+
+def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> dict:
+    best: dict[str, Finding] = {}
+    for r in results:
+        for f in r.findings:
+            size = (len(f.scenario.steps), math.prod(f.scenario.shape))
+            if f.id not in best or size < (len(best[f.id].scenario.steps), math.prod(best[f.id].scenario.shape)):
+                best[f.id] = f
+    worst: dict[str, float] = {}
+    for r in results:
+        for k, v in r.worst.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    return {
+        "name": impl.name, "origin": impl.origin, "expect": sorted(impl.expect),
+        "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
+        "findings": [best[k].to_dict() for k in sorted(best)],
+        "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
+        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
+                                "seconds": round(r.seconds, 2)} for r in results},
+        "capabilities": caps, "seconds": round(seconds, 2),
+    }
