@@ -1,0 +1,20 @@
+"""BatchNorm written in Triton (bncheck.triton_bn). On a machine without CUDA it runs in the Triton interpreter."""
+import torch
+
+import bncheck
+
+
+@bncheck.implementation("triton-bn")
+def build(spec: bncheck.Spec) -> torch.nn.Module:
+    if spec.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise bncheck.Unsupported(f"triton-bn computes in float32; {spec.dtype} parameters are not supported")
+    try:
+        from bncheck import triton_kernels
+        from bncheck.triton_bn import TritonBatchNorm
+    except Exception as e:   # triton missing or broken: a declared gap, not a bug
+        raise bncheck.Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
+    if torch.device(spec.device).type != "cuda" and not triton_kernels.INTERPRET:
+        raise bncheck.Unsupported(f"triton-bn runs on CUDA devices, or on the CPU with TRITON_INTERPRET=1 "
+                                  f"(device {spec.device!r})")
+    return TritonBatchNorm(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
+                           track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype)
