@@ -48,6 +48,8 @@ _ENTRIES = [
           knobs=tuple({"affine_mode": a} for a in ("ignored", "swapped", "weight-only", "bias-only", "one-plus-weight"))),
     Entry("wrong-reduction-axes", "statistics are not taken over (N, spatial) per channel",
           knobs=({"reduction": "batch-only"}, {"reduction": "per-sample"})),
+    Entry("stats-broadcast-axis", "(C,)-shaped statistics broadcast against the last axis, not the channel axis",
+          knobs=({"stats_broadcast": "last-axis"},)),
     Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows"),
     Entry("low-precision-accumulation", "reductions accumulate in float16/bfloat16"),
     Entry("batch-stats-detached", "the input gradient treats the batch mean/var as constants",

@@ -208,16 +208,12 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                     cmp.add(Discrepancy(k, "weight/bias grad", math.inf, "weight/bias .grad is None after "
                                         "backward (gradient cut, e.g. by .data or .detach())",
                                         finding="no-grad-to-affine"))
-                elif not obs.affine_grad_missing or res.dweight is None:
-                    if res.dweight is not None:
-                        _values(cmp, k, "dweight", obs.dweight, res.dweight,
-                                B.weight_grad(x64, dy64, res.dweight, res.center, res.var, eps_used, res.n, u_in, u_p),
-                                sc.torch_param_dtype)
-                        _values(cmp, k, "dbias", obs.dbias, res.dbias, B.bias_grad(dy64, res.dbias, res.n, u_in, u_p),
-                                sc.torch_param_dtype)
-                    else:
-                        _values(cmp, k, "dweight", obs.dweight, None, None)
-                        _values(cmp, k, "dbias", obs.dbias, None, None)
+                else:
+                    bw = None if res.dweight is None else B.weight_grad(x64, dy64, res.dweight, res.center, res.var,
+                                                                         eps_used, res.n, u_in, u_p)
+                    bb = None if res.dbias is None else B.bias_grad(dy64, res.dbias, res.n, u_in, u_p)
+                    _values(cmp, k, "dweight", obs.dweight, res.dweight, bw, sc.torch_param_dtype)
+                    _values(cmp, k, "dbias", obs.dbias, res.dbias, bb, sc.torch_param_dtype)
     return cmp
 
 

@@ -36,24 +36,50 @@ def _alternatives():
     return [(e.id, flip) for e in knob_hypotheses() for flip in e.knobs]
 
 
-def _residual(sc, data, trace, knobs: Knobs, owned) -> float:
+def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs) -> bool:
+    """An explanation found on a minimal example must hold on fresh data too (2 reseeded, larger variants)."""
+    n = max(sc.shape[0], 4)
+    spatial = tuple(max(s, 2) for s in sc.shape[2:])
+    for i, shape in enumerate(((n, sc.channels) + spatial, (2 * n + 1, sc.channels) + spatial)):
+        v = sc.with_(seed=sc.seed + 7919 * (i + 1), shape=shape)
+        data = materialize(v)
+        if _residual(v, data, execute.run(impl, v, data), knobs, owned) > 1.0:
+            return False
+    return True
+
+
+def _residual(sc, data, trace, knobs: Knobs, owned, with_all: bool = False):
     cmp = compare(sc, data, trace, knobs, structural=False)
-    return max((cmp.ratios.get(f, 0.0) for f in owned), default=0.0)
+    r = max((cmp.ratios.get(f, 0.0) for f in owned), default=0.0)
+    return (r, cmp.worst()) if with_all else r
 
 
-def explain(sc: Scenario, data, trace, owned: frozenset, base: Knobs, exhaustive: bool = True):
-    """Knob settings (on top of ``base``) under which every owned value field is within budget.
+def explain(impl, sc: Scenario, data, trace, owned: frozenset, base: Knobs, exhaustive: bool = True):
+    """Knob settings (on top of ``base``) under which every owned value field is within budget, on this example
+    and on fresh variants of it.
 
-    Returns (ids, flips, residual) or (None, closest_flips_description, residual_of_closest)."""
+    Returns (ids, flips, residual) or (None, closest_flips, residual_of_closest)."""
     alts = _alternatives()
-    scored = []
-    for fid, flip in alts:
+    rejected = []
+
+    def ok(flips) -> bool:
+        if confirm(impl, sc, owned, replace(base, **flips)):
+            return True
+        rejected.append(flips)
+        return False
+
+    scored, fits = [], []
+    for order, (fid, flip) in enumerate(alts):
         try:
-            r = _residual(sc, data, trace, replace(base, **flip), owned)
+            r, r_all = _residual(sc, data, trace, replace(base, **flip), owned, with_all=True)
         except Exception:
             continue
         scored.append((r, fid, flip))
         if r <= 1.0:
+            fits.append((r_all > 1.0, order, r, fid, flip))
+    # several settings may fit the owned fields: prefer one that also explains every other field
+    for _, _, r, fid, flip in sorted(fits, key=lambda t: t[:2]):
+        if ok(flip):
             return (fid,), flip, r
     scored.sort(key=lambda t: t[0])
     # greedy: keep adding the flip that lowers the residual most
@@ -77,7 +103,7 @@ def explain(sc: Scenario, data, trace, owned: frozenset, base: Knobs, exhaustive
         current = best[0]
         chosen_ids.append(best[1])
         chosen.update(best[2])
-        if current <= 1.0:
+        if current <= 1.0 and ok(chosen):
             return tuple(chosen_ids), chosen, current
     if exhaustive:
         for (a, fa), (b, fb) in itertools.combinations(alts, 2):
@@ -87,7 +113,7 @@ def explain(sc: Scenario, data, trace, owned: frozenset, base: Knobs, exhaustive
                 r = _residual(sc, data, trace, replace(base, **fa, **fb), owned)
             except Exception:
                 continue
-            if r <= 1.0:
+            if r <= 1.0 and ok({**fa, **fb}):
                 return (a, b), {**fa, **fb}, r
     closest = scored[0] if scored else (float("inf"), None, {})
     return None, closest[2], closest[0]
@@ -155,7 +181,7 @@ def probe_low_precision(impl: Implementation, sc: Scenario, base: Knobs):
 
 
 def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned_values: frozenset,
-         owned: list, base: Knobs, exhaustive: bool = True) -> list[Named]:
+         owned: list, base: Knobs, exhaustive: bool = True, numeric_first: bool = False) -> list[Named]:
     """Name every owned discrepancy of one comparison."""
     out: dict[str, Named] = {}
 
@@ -163,7 +189,12 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
         if fid not in out:
             out[fid] = Named(fid, d.where(sc), lines, d.ratio, knobs or {})
 
-    drift_step = min((d.step for d in cmp.discrepancies if d.finding == "state-shape-drift"), default=None)
+    drift_step = None   # the first step whose state cannot be read as (C,): the oracle cannot follow from there
+    if sc.track_running_stats:
+        for k, o in enumerate(trace.steps):
+            if o.before is not None and not o.before.readable and o.before.present.get("running_mean"):
+                drift_step = k
+                break
     graph_step = min((d.step for d in cmp.discrepancies if d.finding == "running-stats-hold-graph"), default=None)
     for d in owned:
         if not d.structural:
@@ -189,10 +220,19 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             add(d.finding, d, [d.detail])
     values = [d for d in owned if not d.structural]
     if drift_step is not None:   # the oracle cannot follow a state it cannot read: the drift is the cause
-        values = [] if drift_step < 0 else [d for d in values if d.step < drift_step]
+        if any(d.finding == "state-shape-drift" for d in cmp.discrepancies):
+            values = [d for d in values if d.step < drift_step]
+    if values and numeric_first:     # adversarial inputs: test the numeric hypotheses before the semantic ones
+        worst = max(values, key=lambda d: d.ratio)
+        for fid, probe in (("cancellation", probe_cancellation), ("low-precision-accumulation", probe_low_precision)):
+            why = probe(impl, sc, base)
+            if why:
+                add(fid, worst, [worst.detail, why])
+                values = []
+                break
     if values:
         worst = max(values, key=lambda d: d.ratio)
-        ids, flips, resid = explain(sc, data, trace, owned_values, base, exhaustive=exhaustive)
+        ids, flips, resid = explain(impl, sc, data, trace, owned_values, base, exhaustive=exhaustive)
         if ids:
             desc = ", ".join(f"{k}={v}" for k, v in flips.items())
             for fid in ids:

@@ -33,6 +33,7 @@ class Knobs:
     reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial
     detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
     detach_affine: bool = False             # weight/bias receive no gradient
+    stats_broadcast: str = "channel"        # channel | last-axis: (C,) running stats broadcast against the last axis
 
     def flipped(self) -> dict:
         """The knobs that differ from torch's behaviour."""
@@ -170,6 +171,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         st = before if source == "running-before" else res.state
         if st.running_mean is None:
             center, var = x.new_zeros(shape), x.new_ones(shape)
+        elif knobs.stats_broadcast == "last-axis" and rank > 2:
+            center, var = st.running_mean, st.running_var
         else:
             center, var = st.running_mean.view(shape), st.running_var.view(shape)
     eps = cfg.eps if knobs.eps_override is None else knobs.eps_override
@@ -177,7 +180,10 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         y = (x - center) / (torch.sqrt(var) + eps)
     else:
         y = (x - center) / torch.sqrt(var + eps)
-    res.center, res.var = _per_channel(center.detach()), _per_channel(var.detach())
+    if center.dim() == 1 and rank > 2:   # last-axis broadcast: report the per-channel values as stored
+        res.center, res.var = center.detach(), var.detach()
+    else:
+        res.center, res.var = _per_channel(center.detach()), _per_channel(var.detach())
 
     if weight is not None:
         w, b = weight.view(shape), bias.view(shape)

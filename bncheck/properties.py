@@ -33,6 +33,7 @@ def _p(name, doc, strategy, values=(), structural=(), targeted=False):
     return Property(name, doc, strategy, frozenset(values), frozenset(structural), targeted)
 
 
+NONDEGENERATE = dict(min_n=2, min_reduction=3)   # n = 1 or 2 makes biased/unbiased and other knobs ambiguous
 f32_64 = st.sampled_from([("float32", "float32"), ("float64", "float64")])
 
 PROPERTIES = [
@@ -40,12 +41,13 @@ PROPERTIES = [
         step_seqs=S.steps(1, 1, train=True), momentum=st.just(0.1)), values={"output"},
         structural={"missing-error"}),
     _p("running-stats", "running_mean / running_var / num_batches_tracked over train and eval sequences",
-       S.scenarios(step_seqs=S.steps(1, 5), affine=st.just(True)),
+       S.scenarios(step_seqs=S.steps(1, 5), affine=st.just(True), shape_kw=NONDEGENERATE),
        values={"running_mean", "running_var", "num_batches_tracked"}),
     _p("modes", "output over sequences mixing train/eval and grad on/off", S.scenarios(
-        step_seqs=S.steps(2, 5), momentum=st.just(0.1)), values={"output"}),
+        step_seqs=S.steps(2, 5), momentum=st.just(0.1), shape_kw=NONDEGENERATE), values={"output"}),
     _p("gradients", "input, weight and bias gradients with a random upstream gradient", S.scenarios(
-        step_seqs=S.steps(1, 3, grad=True), momentum=st.just(0.1)), values={"dx", "dweight", "dbias"},
+        step_seqs=S.steps(1, 3, grad=True), momentum=st.just(0.1), shape_kw=NONDEGENERATE),
+       values={"dx", "dweight", "dbias"},
         structural={"no-grad-to-affine"}),
     _p("untracked", "track_running_stats=False: batch statistics in every mode", S.scenarios(
         step_seqs=S.steps(1, 3), track=st.just(False)), values={"output"}, structural={"missing-error"}),
@@ -55,7 +57,7 @@ PROPERTIES = [
     _p("numerics", "adversarial inputs: large offsets, constant channels, tiny variance, outliers; larger batches",
        S.scenarios(dtypes=S.dtype_pairs(), step_seqs=S.steps(1, 2, grad=False), momentum=st.just(0.1),
                    distributions=("normal", "offset", "constant-channel", "tiny-variance", "outliers"),
-                   offsets=(10.0, 100.0, 1e3, 1e4), shape_kw=dict(max_n=64, max_spatial=8, min_reduction=2,
+                   offsets=(10.0, 100.0, 1e3, 1e4), shape_kw=dict(max_n=64, max_spatial=8, min_n=2, min_reduction=4,
                                                                     max_numel=8192)),
        values={"output", "running_mean", "running_var"}, targeted=True),
     _p("state", "buffers: registered, shaped (C,), no autograd history, input untouched", S.scenarios(

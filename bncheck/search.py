@@ -139,7 +139,7 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             break
         sc, data, trace, cmp = last["case"]
         owned = [d for d in cmp.discrepancies if prop.owns(d)]
-        named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, base)
+        named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, base, numeric_first=prop.targeted)
         new = [n for n in named if n.id not in ignore]
         if not new:
             break

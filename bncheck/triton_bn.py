@@ -58,6 +58,8 @@ class TritonBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps):
         if x.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"TritonBatchNorm supports float32, float16 and bfloat16 inputs, got {x.dtype}")
+        if K.UNUSABLE:
+            raise RuntimeError(K.UNUSABLE)
         if x.device.type != "cuda" and not K.INTERPRET:
             raise RuntimeError(f"TritonBatchNorm needs CUDA tensors (got {x.device}) unless TRITON_INTERPRET=1")
         x, fmt, layout, N, C, S = _canonical(x)

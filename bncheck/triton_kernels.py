@@ -17,10 +17,14 @@ Backward is the same shape: a split reduction of ``sum(dy)`` and ``sum(dy * (x -
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 
+# triton's own helpers (the combine functions behind tl.sum, ...) are built in interpreter mode or not when triton is
+# first imported, so the variable only helps if it is set before that.
+_LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") is None
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -28,12 +32,15 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Why the kernels cannot run here, or None.
+UNUSABLE = ("triton was imported before TRITON_INTERPRET=1 was set, so its interpreter is off; set the variable "
+            "(or import bncheck.triton_bn) before anything imports triton") if INTERPRET and _LATE else None
 
 # Tiling knobs. ``red_tile``/``apply_tile``: elements per tile of the reduction / elementwise kernels;
 # ``programs_per_sm``: how many reduction programs to aim for per SM (the split heuristic); ``min_tiles``: the
 # fewest tiles a reduction program should own; ``sms``: SM count used when not on CUDA (the interpreter).
 # The interpreter runs programs one after the other in Python, so its tiles are small and its "SM" count tiny.
-TUNING = (dict(red_tile=256, apply_tile=1024, programs_per_sm=2, min_tiles=1, sms=4, red_warps=4, apply_warps=4)
+TUNING = (dict(red_tile=1024, apply_tile=4096, programs_per_sm=2, min_tiles=1, sms=4, red_warps=4, apply_warps=4)
           if INTERPRET else
           dict(red_tile=2048, apply_tile=4096, programs_per_sm=8, min_tiles=2, sms=1, red_warps=4, apply_warps=8))
 
@@ -121,6 +128,16 @@ def _welford_combine(m1, q1, n1, m2, q2, n2):
 
 
 @triton.jit
+def _welford_lanes(mean, m2, cnt, AXIS: tl.constexpr):
+    """Merge per-lane (mean, M2, count) along an axis in one step: the k-way form of Chan's formula,
+    M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2), with deviations taken from the merged mean."""
+    n = tl.sum(cnt, AXIS)
+    mu = tl.sum(mean * cnt, AXIS) / tl.maximum(n, 1.0)
+    d = mean - tl.expand_dims(mu, AXIS)
+    return mu, tl.sum(m2, AXIS) + tl.sum(cnt * d * d, AXIS), n
+
+
+@triton.jit
 def _welford_step(mean, m2, cnt, v, mask):
     cnt_new = cnt + mask.to(tl.float32)
     delta = v - mean
@@ -149,8 +166,8 @@ def _stats_cf_kernel(x_ptr, part_ptr, N, C, S, stride_n, NUM_SB, TOTAL, PER,
         mask = (n < N) & (s < S)
         v = tl.load(base + n.to(tl.int64) * stride_n + s, mask=mask, other=0.0).to(tl.float32)
         mean, m2, cnt = _welford_step(mean, m2, cnt, v, mask)
-    mean, m2, cnt = tl.reduce((mean, m2, cnt), 1, _welford_combine)
-    mean, m2, cnt = tl.reduce((mean, m2, cnt), 0, _welford_combine)
+    mean, m2, cnt = _welford_lanes(mean, m2, cnt, 1)
+    mean, m2, cnt = _welford_lanes(mean, m2, cnt, 0)
     off = p * C + c
     tl.store(part_ptr + off, cnt)
     tl.store(part_ptr + split * C + off, mean)
@@ -174,7 +191,7 @@ def _stats_cl_kernel(x_ptr, part_ptr, M, C, PER, BLOCK_M: tl.constexpr, BLOCK_C:
         mask = (rows < r1) & cmask[None, :]
         v = tl.load(x_ptr + rows.to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         mean, m2, cnt = _welford_step(mean, m2, cnt, v, mask)
-    mean, m2, cnt = tl.reduce((mean, m2, cnt), 0, _welford_combine)
+    mean, m2, cnt = _welford_lanes(mean, m2, cnt, 0)
     off = p * C + cols
     tl.store(part_ptr + off, cnt, mask=cmask)
     tl.store(part_ptr + split * C + off, mean, mask=cmask)

@@ -1,7 +1,12 @@
 """BatchNorm written in Triton (bncheck.triton_bn). On a machine without CUDA it runs in the Triton interpreter."""
+import os
+
 import torch
 
 import bncheck
+
+if not torch.cuda.is_available():   # must precede the first import of triton to take effect
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @bncheck.implementation("triton-bn")
@@ -13,6 +18,8 @@ def build(spec: bncheck.Spec) -> torch.nn.Module:
         from bncheck.triton_bn import TritonBatchNorm
     except Exception as e:   # triton missing or broken: a declared gap, not a bug
         raise bncheck.Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
+    if triton_kernels.UNUSABLE:
+        raise bncheck.Unsupported(triton_kernels.UNUSABLE)
     if torch.device(spec.device).type != "cuda" and not triton_kernels.INTERPRET:
         raise bncheck.Unsupported(f"triton-bn runs on CUDA devices, or on the CPU with TRITON_INTERPRET=1 "
                                   f"(device {spec.device!r})")

@@ -241,8 +241,7 @@ class Cancellation(ScratchBN):
     """Variance by E[x^2] - E[x]^2 in the compute dtype, which cancels catastrophically when |mean| >> std."""
     finding = "cancellation"
 
-    def _batch_stats(self, x):
-        xc = x.to(self._compute_dtype(x))
+    def _batch_stats(self, x, xc):
         dims = self._reduce_dims(x)
         mean = xc.mean(dims, keepdim=True)
         var = xc.square().mean(dims, keepdim=True) - mean.square()
@@ -264,16 +263,16 @@ class LowPrecisionAccumulation(ScratchBN):
     """For float16/bfloat16 input, mean and variance sums are accumulated sample by sample in the input dtype."""
     finding = "low-precision-accumulation"
 
-    def _batch_stats(self, x):
+    def _batch_stats(self, x, xc):
         if x.dtype not in LOW_PRECISION:
-            return super()._batch_stats(x)
+            return super()._batch_stats(x, xc)
         channels, n = x.shape[1], values_per_channel(x)
         xs = x.transpose(0, 1).reshape(channels, x.shape[0], math.prod(x.shape[2:]))
         mean = sequential_sum(xs) / n
         centered = xs - mean.reshape(channels, 1, 1)
         var = sequential_sum(centered * centered) / n
-        dtype, shape = self._compute_dtype(x), bcast_shape(x)
-        return mean.to(dtype).reshape(shape), var.to(dtype).reshape(shape)
+        shape = bcast_shape(x)
+        return mean.to(xc.dtype).reshape(shape), var.to(xc.dtype).reshape(shape)
 
 
 class DtypePromotion(ScratchBN):
@@ -303,8 +302,8 @@ class BatchStatsDetached(ScratchBN):
     """Batch mean and variance are detached, so the input gradient treats them as constants."""
     finding = "batch-stats-detached"
 
-    def _batch_stats(self, x):
-        mean, var = super()._batch_stats(x)
+    def _batch_stats(self, x, xc):
+        mean, var = super()._batch_stats(x, xc)
         return mean.detach(), var.detach()
 
 
@@ -336,8 +335,7 @@ class NonContiguousCrash(ScratchBN):
     """Reduces per (sample, channel) plane through x.view(N * C, H * W), which fails on channels_last input."""
     finding = "non-contiguous-crash"
 
-    def _batch_stats(self, x):
-        xc = x.to(self._compute_dtype(x))
+    def _batch_stats(self, x, xc):
         batch, channels = x.shape[:2]
         n, plane = values_per_channel(x), math.prod(x.shape[2:])
         mean = xc.view(batch * channels, plane).sum(1).view(batch, channels).sum(0) / n

@@ -2,7 +2,8 @@
 
 ``ScratchBN`` reproduces ``torch.nn.BatchNorm{1,2,3}d`` (see BATCHNORM_SEMANTICS.md) without calling
 ``F.batch_norm``: same constructor, same parameter and buffer names, ranks 2..5, any memory format, mixed
-precision, ``momentum=None``, zero-size batches and the one-value-per-channel error.
+precision, ``momentum=None``, zero-size batches, and torch's errors (one value per channel, or eps <= 0, when batch
+statistics are needed).
 
 Its forward pass is a sequence of small hook methods, so that each mutant in ``mutants.py`` can be a subclass that
 overrides exactly one of them. The variants at the bottom compute the batch statistics differently (Welford,
@@ -97,14 +98,17 @@ class ScratchBN(nn.Module):
         update = self._updates_running(training)
         if update:
             self._count_batch()
+        xc = x.to(self._compute_dtype(x))     # one conversion, so low-precision input gradients are rounded once
         mean = var = None
         if use_batch or update:
             self._check_batch_size(x)
-            mean, var = self._batch_stats(x)
+        self._check_eps(use_batch or update)
+        if use_batch or update:
+            mean, var = self._batch_stats(x, xc)
         if update:
             self._update_running(mean, var, values_per_channel(x))
         mean, var = self._norm_stats(x, training, mean, var)
-        y = self._normalize(x.to(self._compute_dtype(x)), mean, var)
+        y = self._normalize(xc, mean, var)
         y = self._affine(y)
         return self._finish(y, x)
 
@@ -131,6 +135,12 @@ class ScratchBN(nn.Module):
         if values_per_channel(x) == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
 
+    def _check_eps(self, batch_stats: bool) -> None:
+        if batch_stats and self.eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {self.eps}")
+        if self.eps < 0.0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {self.eps}")
+
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """float16/bfloat16 inputs are normalised and reduced in float32."""
         return torch.float32 if x.dtype in LOW_PRECISION else x.dtype
@@ -138,9 +148,11 @@ class ScratchBN(nn.Module):
     def _reduce_dims(self, x: torch.Tensor) -> tuple[int, ...]:
         return (0,) + tuple(range(2, x.dim()))
 
-    def _batch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch mean and biased variance (two passes), shaped to broadcast against ``x``."""
-        xc = x.to(self._compute_dtype(x))
+    def _batch_stats(self, x: torch.Tensor, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch mean and biased variance of ``xc`` (``x`` in the compute dtype), shaped to broadcast against it.
+
+        Two passes: the mean, then the mean squared deviation from it.
+        """
         dims = self._reduce_dims(x)
         mean = xc.mean(dims, keepdim=True)
         var = (xc - mean).square().mean(dims, keepdim=True)
@@ -235,8 +247,7 @@ def welford(xf: torch.Tensor, max_steps: int = 32) -> tuple[torch.Tensor, torch.
 class WelfordBN(ScratchBN):
     """Batch statistics by Welford's single-pass algorithm with pairwise merging."""
 
-    def _batch_stats(self, x):
-        xc = x.to(self._compute_dtype(x))
+    def _batch_stats(self, x, xc):
         channels = xc.shape[1]
         flat = xc.transpose(0, 1).reshape(channels, values_per_channel(x))
         mean, var = welford(flat)
@@ -247,20 +258,20 @@ class WelfordBN(ScratchBN):
 class Float64StatsBN(ScratchBN):
     """Batch statistics accumulated in float64, then cast back to the compute dtype."""
 
-    def _batch_stats(self, x):
-        xd = x.to(torch.float64)
+    def _batch_stats(self, x, xc):
+        xd = xc.to(torch.float64)
         dims = self._reduce_dims(x)
         mean = xd.mean(dims, keepdim=True)
         var = (xd - mean).square().mean(dims, keepdim=True)
-        dtype = self._compute_dtype(x)
-        return mean.to(dtype), var.to(dtype)
+        return mean.to(xc.dtype), var.to(xc.dtype)
 
 
 class VarMeanBN(ScratchBN):
     """Batch statistics from ``torch.var_mean`` (biased: ``correction=0``)."""
 
-    def _batch_stats(self, x):
-        xc = x.to(self._compute_dtype(x))
+    def _batch_stats(self, x, xc):
+        if xc.numel() == 0:     # var_mean warns about an empty reduction; the statistics are unused anyway
+            return super()._batch_stats(x, xc)
         var, mean = torch.var_mean(xc, dim=self._reduce_dims(x), correction=0, keepdim=True)
         return mean, var
 

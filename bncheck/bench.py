@@ -1,0 +1,310 @@
+"""Timing of BatchNorm implementations against torch's native BatchNorm, side by side in one run.
+
+Every implementation is timed on the same tensors for three operations:
+
+* ``forward-train``: a training-mode forward (batch statistics, running-statistic update), under ``no_grad``;
+* ``forward-eval``: an eval-mode forward (running statistics), under ``no_grad``;
+* ``backward``: ``torch.autograd.grad`` of a training-mode forward's output (graph retained, so only the backward
+  is timed) with respect to the input and the parameters.
+
+Timers: on CUDA ``triton.testing.do_bench`` (median of runs after a warm-up, the L2 cache flushed before each run;
+CUDA events with an explicit flush when triton is missing); on the CPU ``torch.utils.benchmark.Timer``'s
+``blocked_autorange`` median.
+
+Bytes model (for the effective bandwidth): the minimal traffic each operation must have with memory, with ``E`` the
+input's element size, ``P`` the parameters' and ``numel`` the input's size:
+
+* forward-train: read x, write y, read weight/bias/running_mean/running_var, write the two running statistics:
+  ``2 * numel * E + 6 * C * P``;
+* forward-eval: read x, write y, read the four per-channel vectors: ``2 * numel * E + 4 * C * P``;
+* backward: read x and dy, write dx, read weight, write dweight and dbias: ``3 * numel * E + 3 * C * P``.
+
+A two-pass training forward reads x twice, so on tensors larger than the cache it cannot pass ~2/3 of copy
+bandwidth under this model; eval and backward can approach it. Copy bandwidth is measured in the same run as
+``2 * bytes / time`` of a large ``dst.copy_(src)`` and reported in the header; ``pct_copy`` is each row's effective
+bandwidth as a percentage of it. ``ratio`` is ``torch_time / impl_time``: above 1 means faster than torch.
+
+``render_markdown`` only reads the result dict (plain JSON types), so a saved result renders without torch.
+"""
+from __future__ import annotations
+
+import math
+import platform
+
+OPS = ("forward-train", "forward-eval", "backward")
+NATIVE = "torch-native"
+_LAYOUT_NAMES = {(2, False): "nc", (3, False): "ncl", (4, False): "nchw", (4, True): "nhwc", (5, False): "ncdhw",
+                 (5, True): "ndhwc"}
+
+# The distinct BatchNorm2d layers of torchvision's ResNet-50 (v1.5: stride on the 3x3 conv) at 224x224:
+# (C, H, W) of the stem, and per stage of the first block's conv1 output, the strided conv2 output and the
+# expansion (conv3 / downsample) output.
+RESNET50_CHW = [(64, 112, 112), (64, 56, 56), (256, 56, 56), (128, 56, 56), (128, 28, 28), (512, 28, 28),
+                (256, 28, 28), (256, 14, 14), (1024, 14, 14), (512, 14, 14), (512, 7, 7), (2048, 7, 7)]
+
+
+def _both(shape):
+    return [(shape, False), (shape, True)]
+
+
+SHAPE_SETS = {
+    "resnet50": [s for c, h, w in RESNET50_CHW for s in _both((32, c, h, w))],
+    "bn1d": [((65536, 256), False)],
+    "3d": _both((8, 64, 16, 28, 28)),
+    "small": [((4096, 64), False), ((16, 32, 64), False), *_both((8, 32, 16, 16)), *_both((2, 16, 4, 8, 8))],
+    "tiny": [((64, 8), False), *_both((2, 4, 6, 6))],
+}
+SHAPE_SETS["default-cuda"] = SHAPE_SETS["resnet50"] + SHAPE_SETS["bn1d"] + SHAPE_SETS["3d"]
+SHAPE_SETS["default-cpu"] = SHAPE_SETS["small"]
+
+
+def shapes_for(name: str, device: str) -> list:
+    """``(shape, channels_last)`` pairs for a named set (``default`` depends on the device), or a comma-separated
+    list of shapes such as ``32x64x56x56:nhwc,1024x64``."""
+    if name == "default":
+        name = "default-cuda" if device.startswith("cuda") else "default-cpu"
+    if name in SHAPE_SETS:
+        return list(SHAPE_SETS[name])
+    out = []
+    try:
+        for item in name.split(","):
+            dims, _, layout = item.partition(":")
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if not 2 <= len(shape) <= 5 or layout not in ("", "nhwc", "ndhwc", "channels_last"):
+                raise ValueError
+            out.append((shape, bool(layout) and len(shape) in (4, 5)))
+    except ValueError:
+        raise ValueError(f"unknown shape set {name!r}: use one of {', '.join(sorted(SHAPE_SETS))}, default, "
+                         f"or shapes like 32x64x56x56:nhwc") from None
+    return out
+
+
+def bytes_moved(op: str, numel: int, C: int, elem: int, pelem: int) -> int:
+    """The bytes model above."""
+    return {"forward-train": 2 * numel * elem + 6 * C * pelem, "forward-eval": 2 * numel * elem + 4 * C * pelem,
+            "backward": 3 * numel * elem + 3 * C * pelem}[op]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timing
+
+
+def _make_timer(device, min_run_time=0.2):
+    import torch
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+            return (lambda fn: float(do_bench(fn, warmup=25, rep=100, return_mode="median")),
+                    "triton.testing.do_bench median (warm-up, L2 flushed before each run)")
+        except Exception:
+            flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
+
+            def cuda_events(fn, reps=50):
+                for _ in range(5):
+                    fn()
+                times = []
+                for _ in range(reps):
+                    flush.zero_()
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    fn()
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b))
+                return sorted(times)[len(times) // 2]
+            return cuda_events, "CUDA events median of 50 (5 warm-up runs, L2 flushed before each run)"
+    from torch.utils.benchmark import Timer
+
+    def cpu(fn):
+        fn()   # warm-up (and first-call work)
+        return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return cpu, f"torch.utils.benchmark.Timer blocked_autorange median ({torch.get_num_threads()} threads)"
+
+
+def copy_bandwidth(device, timer, nbytes: int | None = None) -> float:
+    """GB/s of a large device copy, counting the read and the write."""
+    import torch
+    nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (64 << 20))
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _device_name(device) -> str:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _native(spec):
+    return spec.torch_class(**spec.torch_kwargs())
+
+
+def _time_ops(module, x, dy, timer) -> dict:
+    """{op: milliseconds or an error string}."""
+    import torch
+    out = {}
+    for op in OPS:
+        try:
+            if op == "backward":
+                module.train()
+                xg = x.detach().requires_grad_()
+                y = module(xg)
+                inputs = [xg] + [p for p in module.parameters() if p.requires_grad]
+                out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True))
+                del y
+            else:
+                module.train(op == "forward-train")
+                with torch.no_grad():
+                    out[op] = timer(lambda: module(x))
+        except Exception as e:   # recorded in the row; the run goes on
+            out[op] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return out
+
+
+def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtypes=None,
+          min_run_time: float = 0.2) -> dict:
+    """Time every builder (and torch's native BatchNorm, always) on every shape, layout and dtype.
+
+    ``builders`` maps names to ``build(spec) -> nn.Module``; a builder may raise ``bncheck.Unsupported`` or any other
+    exception, recorded in its rows. Parameters are float32 (half inputs are then mixed precision, as under
+    autocast). ``min_run_time`` (seconds) is the CPU timer's budget per measurement. Returns ``{"header": {...}, "rows": [...]}`` made of plain JSON types.
+    """
+    import torch
+
+    from .spec import Spec, Unsupported
+    dev = torch.device(device)
+    dtypes = list(dtypes or [torch.float32])
+    timer, method = _make_timer(dev, min_run_time)
+    try:   # the version without importing triton (importing it here would fix its interpreter mode too early)
+        from importlib.metadata import version
+        triton_version = version("triton")
+    except Exception:
+        triton_version = None
+    copy_gbps = copy_bandwidth(dev, timer)
+    header = dict(device=_device_name(dev), device_type=dev.type, torch=torch.__version__, triton=triton_version,
+                  copy_gbps=copy_gbps, timer=method, shape_set=shape_set,
+                  dtypes=[str(d).replace("torch.", "") for d in dtypes], param_dtype="float32",
+                  bytes_model="forward: 2*numel*E + per-channel vectors; backward: 3*numel*E + per-channel vectors")
+    if dev.type == "cuda":
+        header["sms"] = torch.cuda.get_device_properties(dev).multi_processor_count
+    impls = {NATIVE: _native, **{k: v for k, v in builders.items() if k != NATIVE}}
+    rows = []
+    for shape, channels_last in shapes_for(shape_set, device):
+        layout = _LAYOUT_NAMES[(len(shape), channels_last)]
+        C, numel = shape[1], math.prod(shape)
+        for dtype in dtypes:
+            gen = torch.Generator(device=dev).manual_seed(0)
+            fmt = ((torch.channels_last if len(shape) == 4 else torch.channels_last_3d) if channels_last
+                   else torch.contiguous_format)
+            x = torch.randn(shape, device=dev, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+            dy = torch.randn(shape, device=dev, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+            spec = Spec(C, ndim=len(shape), device=device, dtype=torch.float32)
+            base = {}
+            for name, build in impls.items():
+                try:
+                    module = build(spec)
+                    times = _time_ops(module, x, dy, timer)
+                    del module
+                except Unsupported as e:
+                    times = {op: f"unsupported: {e}" for op in OPS}
+                except Exception as e:
+                    times = {op: f"{type(e).__name__}: {e}".splitlines()[0][:200] for op in OPS}
+                if name == NATIVE:
+                    base = times
+                for op in OPS:
+                    t = times[op]
+                    row = dict(implementation=name, op=op, shape="x".join(map(str, shape)), layout=layout,
+                               dtype=str(dtype).replace("torch.", ""), time_ms=None, ratio=None, gbps=None,
+                               pct_copy=None, error=None)
+                    if isinstance(t, float) and t > 0:
+                        nbytes = bytes_moved(op, numel, C, x.element_size(), 4)
+                        row.update(time_ms=t, gbps=nbytes / (t * 1e-3) / 1e9)
+                        row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
+                        if isinstance(base.get(op), float):
+                            row["ratio"] = base[op] / t
+                    else:
+                        row["error"] = str(t)
+                    rows.append(row)
+            del x, dy
+    return {"header": header, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line and rendering (no torch needed to render)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where to time (default: cuda when available, else cpu)")
+    parser.add_argument("--shapes", default="default",
+                        help=f"shape set: {', '.join(sorted(SHAPE_SETS))}, default (CUDA: resnet50 + bn1d + 3d; "
+                             f"CPU: small), or shapes like 32x64x56x56:nhwc,65536x256")
+    parser.add_argument("--dtype", action="append", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="input dtype, repeatable (default: float32 and float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--impl", action="append", default=None,
+                        help="implementation name from the registry, repeatable (torch native is always timed)")
+    parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
+
+
+def run_from_args(args, registry) -> dict:
+    """Resolve ``--impl`` names in ``registry`` and run :func:`bench` with the parsed arguments."""
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = args.impl or []
+    unknown = [n for n in names if n not in registry.implementations]
+    if unknown:
+        raise SystemExit(f"unknown implementation(s): {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(registry.implementations))}")
+    dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "float16"] if device == "cuda" else
+                                                         ["float32"]))]
+    result = bench({n: registry.implementations[n].build for n in names}, device, args.shapes, dtypes)
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def render_markdown(result: dict) -> str:
+    from tabulate import tabulate
+    h = result["header"]
+    lines = [f"# BatchNorm timings on {h.get('device')}", "",
+             f"- torch {h.get('torch')}, triton {h.get('triton') or 'not installed'}",
+             f"- timer: {h.get('timer')}",
+             f"- copy bandwidth (read + write of a large copy): {h.get('copy_gbps', 0):.1f} GB/s",
+             f"- ratio = torch time / implementation time (> 1: faster than torch native); "
+             f"GB/s from the minimal-bytes model ({h.get('bytes_model')})", ""]
+    table = [[r["implementation"], r["op"], r["shape"], r["layout"], r["dtype"], _fmt(r["time_ms"], ".4f"),
+              _fmt(r["ratio"], ".2f"), _fmt(r["gbps"], ".1f"), _fmt(r["pct_copy"], ".0f"), r.get("error") or ""]
+             for r in result["rows"]]
+    lines.append(tabulate(table, headers=["implementation", "op", "shape", "layout", "dtype", "ms", "ratio",
+                                          "GB/s", "% copy", "error"], tablefmt="pipe", disable_numparse=True))
+    summary = {}
+    for r in result["rows"]:
+        if r["implementation"] != NATIVE and r["ratio"]:
+            summary.setdefault((r["implementation"], r["op"]), []).append(r["ratio"])
+    if summary:
+        lines += ["", "Geometric mean of ratios:", ""]
+        lines.append(tabulate([[impl, op, f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}", len(v)]
+                               for (impl, op), v in summary.items()],
+                              headers=["implementation", "op", "geomean ratio", "rows"], tablefmt="pipe",
+                              disable_numparse=True))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["OPS", "NATIVE", "SHAPE_SETS", "RESNET50_CHW", "add_arguments", "bench", "bytes_moved",
+           "copy_bandwidth", "render_markdown", "run_from_args", "shapes_for"]
