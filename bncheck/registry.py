@@ -106,7 +106,8 @@ class Registry:
             self.errors.append(LoadError(str(path), "plugin file not found"))
             return
         modname = "bncheck_plugin_" + path.stem + "_" + hashlib.sha1(str(path).encode()).hexdigest()[:8]
-        with self._loading(str(path), f"file:{path}"):
+        origin = str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+        with self._loading(origin, f"file:{path}"):
             try:
                 spec = importlib.util.spec_from_file_location(modname, path)
                 module = importlib.util.module_from_spec(spec)
@@ -114,7 +115,7 @@ class Registry:
                 spec.loader.exec_module(module)
             except Exception as e:  # a broken plugin is reported, never fatal
                 sys.modules.pop(modname, None)
-                self.errors.append(LoadError(str(path), _describe_exception(e, path)))
+                self.errors.append(LoadError(origin, _describe_exception(e, path)))
 
     def load_dir(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)

@@ -366,6 +366,13 @@ def test_correct_variant_state_and_errors(variant):
         cls(3)(torch.randn(3))
 
 
+def test_reference_uses_no_library_batch_norm():
+    import inspect
+    from zoo import reference
+    source = inspect.getsource(reference)
+    assert "batch_norm(" not in source and "functional" not in source
+
+
 def test_correct_variants_double_backward():
     for cls in CORRECT.values():
         mod = cls(2, dtype=torch.float64)
@@ -580,13 +587,13 @@ def test_cancellation_exposed():
 
 
 def test_low_precision_accumulation_exposed():
-    cfg = Cfg(ndim=4, batch=256, spatial=2, channels=2, offset=4.0, scale=1.0, xdtype=torch.float16, affine=False)
+    cfg = Cfg(ndim=4, batch=512, spatial=2, channels=2, offset=8.0, scale=1.0, xdtype=torch.float16, affine=False)
     _, _, (r,), (g,) = one_train_step(M.LowPrecisionAccumulation, cfg)
     mean, _, _ = batch_stats64(r.x)
     ref_err = (r.state["running_mean"].double() - 0.1 * mean).abs().max().item()
     got_err = (g.state["running_mean"].double() - 0.1 * mean).abs().max().item()
     assert ref_err < 1e-5 and got_err > 100 * ref_err
-    assert far(g.y, r.y, 0.01)      # about ten float16 ulps at |y| ~ 1
+    assert far(g.y, r.y, 0.02)      # twenty float16 ulps at |y| ~ 1 (measured: 0.049)
 
 
 def test_dtype_promotion_exposed():
@@ -727,7 +734,7 @@ def test_mutants_declare_catalog_findings():
 def test_plugins_register_the_zoo():
     reg = bncheck.discover(plugin_files=[PLUGIN_FILE], entry_points=False)
     assert reg.errors == []
-    zoo_plugins = sys.modules[next(m for m in sys.modules if m.startswith("bncheck_plugin_plugins_"))]
+    zoo_plugins = sys.modules[next(iter(reg.implementations.values())).build.__module__]
     assert sorted(zoo_plugins.ZOO_CORRECT) == sorted(f"zoo-correct-{n}" for n in CORRECT)
     assert zoo_plugins.ZOO_MUTANTS == {f"zoo-{n}": cls.finding for n, cls in MUTANTS.items()}
     assert set(reg.implementations) == set(zoo_plugins.ZOO_CORRECT) | set(zoo_plugins.ZOO_MUTANTS)

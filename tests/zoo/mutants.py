@@ -25,7 +25,10 @@ class InvertedMomentum(ScratchBN):
 
 
 class MomentumIgnored(ScratchBN):
-    """The momentum argument is ignored; the running update always uses 0.1."""
+    """The momentum argument is ignored; the running update always uses 0.1.
+
+    This includes momentum=None, which also becomes 0.1.
+    """
     finding = "momentum-ignored"
 
     def _momentum_factor(self):
@@ -59,7 +62,10 @@ class BiasedRunningVar(ScratchBN):
 
 
 class StatsUpdatedInEval(ScratchBN):
-    """Running statistics (and num_batches_tracked) are updated in eval mode too."""
+    """Running statistics (and num_batches_tracked) are updated in eval mode too.
+
+    The eval output is normalised with the running statistics as just updated.
+    """
     finding = "stats-updated-in-eval"
 
     def _updates_running(self, training):
@@ -180,7 +186,11 @@ class NoTrackEvalUsesRunning(ScratchBN):
 
 
 class BatchOnlyReduction(ScratchBN):
-    """Statistics are taken over the batch axis only (one per channel and position), not over N and space."""
+    """Statistics are taken over the batch axis only (one per channel and position), not over N and space.
+
+    The running update averages the per-position statistics over positions to fit the (C,) buffers; for rank-2
+    input there is one position and the result is correct.
+    """
     finding = "wrong-reduction-axes"
 
     def _reduce_dims(self, x):

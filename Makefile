@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PROFILE ?= default
+SEED    ?= 0
+
+.PHONY: run test test-all bench setup clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv --system-site-packages $(VENV)   # reuses an installed torch when it satisfies the requirement
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,triton]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup            ## check every bundled implementation, write reports/latest.{md,json} and reports/bench.{md,json}
+	$(BIN)/bncheck run --profile $(PROFILE) --seed $(SEED) --out reports
+	$(BIN)/bncheck bench --device cpu --shapes small --impl torch-functional --impl seed-002 --impl seed-003 --out reports > /dev/null
+
+test: setup           ## the test suite CI runs
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: setup       ## including the slow mutant-zoo searches over several seeds
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
+
+bench: setup          ## harness speed benchmarks (pytest-benchmark)
+	$(BIN)/python -m pytest -q --benchmark-only tests/benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

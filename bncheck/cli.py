@@ -1,0 +1,175 @@
+"""Command line: ``bncheck run | list | repro | bench``.
+
+Exit status of ``run``: 0 when every implementation's findings equal its ``expect`` set, 1 when a finding is
+unexpected, an expected one is missing, or a plugin failed to load; 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from . import __version__
+from .registry import discover
+
+DEFAULT_PLUGIN_DIR = "implementations"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bncheck", description="Verify BatchNorm implementations against torch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def plugin_args(sp):
+        sp.add_argument("--plugins", action="append", default=[], metavar="DIR",
+                        help=f"plugin directory, repeatable (default: ./{DEFAULT_PLUGIN_DIR})")
+        sp.add_argument("--plugin", action="append", default=[], metavar="FILE", help="plugin file, repeatable")
+        sp.add_argument("--no-entry-points", action="store_true",
+                        help="do not load plugins from installed packages (group bncheck.implementations)")
+
+    r = sub.add_parser("run", help="compare implementations with the oracle and write reports")
+    plugin_args(r)
+    r.add_argument("--impl", action="append", default=[], metavar="NAME", help="only these, repeatable")
+    r.add_argument("--profile", choices=("quick", "default", "thorough"), default="default")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--out", default="reports", metavar="DIR")
+    r.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    r.add_argument("--property", action="append", default=[], metavar="NAME", help="only these properties")
+
+    ls = sub.add_parser("list", help="list discovered implementations")
+    plugin_args(ls)
+
+    rp = sub.add_parser("repro", help="print (and with --run, run) a finding's reproducer from a report")
+    rp.add_argument("finding", help="IMPLEMENTATION:FINDING-ID, or FINDING-ID when only one matches")
+    rp.add_argument("--report", default="reports/latest.json")
+    rp.add_argument("--run", action="store_true", help="run the reproducer after printing it")
+
+    b = sub.add_parser("bench", help="time implementations against torch native")
+    plugin_args(b)
+    from . import bench
+    bench.add_arguments(b)
+    b.add_argument("--out", default="reports", metavar="DIR")
+    return p
+
+
+def _registry(args):
+    dirs = args.plugins or ([DEFAULT_PLUGIN_DIR] if Path(DEFAULT_PLUGIN_DIR).is_dir() else [])
+    for d in args.plugins:
+        if not Path(d).is_dir():
+            raise UsageError(f"--plugins {d}: not a directory")
+    for f in args.plugin:
+        if not Path(f).is_file():
+            raise UsageError(f"--plugin {f}: no such file")
+    return discover(plugin_dirs=dirs, plugin_files=args.plugin, entry_points=not args.no_entry_points)
+
+
+def _environment(args) -> dict:
+    import hypothesis
+    import torch
+    dev = args.device
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or platform.machine())
+    return {"bncheck": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__,
+            "python": platform.python_version(), "device": f"{dev} ({name})", "profile": args.profile,
+            "seed": args.seed}
+
+
+def cmd_run(args) -> int:
+    from . import report, runner
+    from .properties import BY_NAME
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    bad = [p for p in args.property if p not in BY_NAME]
+    if bad:
+        raise UsageError(f"--property {bad[0]}: unknown property; known: {', '.join(BY_NAME)}")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: CUDA is not available on this machine")
+    reg = _registry(args)
+    impls = reg.of_kind("batchnorm")
+    unknown = [n for n in args.impl if n not in reg.implementations]
+    if unknown:
+        raise UsageError(f"--impl {unknown[0]}: unknown implementation; known: {', '.join(sorted(reg.implementations))}")
+    if args.impl:
+        impls = [i for i in impls if i.name in args.impl]
+    for e in reg.errors:
+        print(f"bncheck: plugin failed to load: {e.origin}: {e.message}", file=sys.stderr)
+    results = runner.run_all(impls, jobs=args.jobs, profile=args.profile, seed=args.seed, device=args.device,
+                             properties=args.property or None)
+    rep = report.build(_environment(args), results, [vars(e) for e in reg.errors])
+    md, js = report.write(rep, args.out)
+    for r in rep["implementations"]:
+        line = f"{r['name']:<28} {r['verdict']:<12} {len(r['findings'])} finding(s)"
+        if r["unexpected"]:
+            line += f"  unexpected: {', '.join(r['unexpected'])}"
+        if r["missing"]:
+            line += f"  expected but not found: {', '.join(r['missing'])}"
+        print(line)
+    print(f"wrote {md} and {js}")
+    return rep["exit_status"]
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+    reg = _registry(args)
+    rows = [[i.name, i.kind, i.origin, ", ".join(sorted(i.expect)) or "-"] for i in reg.implementations.values()]
+    print(tabulate(rows, headers=["name", "kind", "origin", "expected findings"]))
+    for e in reg.errors:
+        print(f"load error: {e.origin}: {e.message}")
+    return 1 if reg.errors else 0
+
+
+def cmd_repro(args) -> int:
+    path = Path(args.report)
+    if not path.is_file():
+        raise UsageError(f"--report {path}: no such file (run `bncheck run` first)")
+    rep = json.loads(path.read_text())
+    impl, _, fid = args.finding.rpartition(":")
+    matches = [(r["name"], f) for r in rep["implementations"] for f in r["findings"]
+               if f["id"] == fid and (not impl or r["name"] == impl)]
+    if not matches:
+        raise UsageError(f"finding {args.finding!r}: not in {path}")
+    if len(matches) > 1:
+        raise UsageError(f"finding {args.finding!r} is ambiguous: " +
+                         ", ".join(f"{n}:{f['id']}" for n, f in matches))
+    name, f = matches[0]
+    if not f.get("repro"):
+        raise UsageError(f"finding {args.finding!r} has no reproducer (a worker-level {f['id']})")
+    print(f["repro"])
+    if args.run:
+        import subprocess
+        return subprocess.call([sys.executable, "-c", f["repro"]])
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench, report
+    reg = _registry(args)
+    result = bench.run_from_args(args, reg)
+    md = bench.render_markdown(result)
+    out = Path(args.out)
+    report._atomic_write(out / "bench.md", md)
+    report._atomic_write(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
+    print(md)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)          # argparse exits 2 naming a bad flag or value
+    try:
+        return {"run": cmd_run, "list": cmd_list, "repro": cmd_repro, "bench": cmd_bench}[args.command](args)
+    except UsageError as e:
+        print(f"bncheck {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Runner: each implementation is checked in its own worker process, under a time limit.
+
+A worker that raises, hangs or dies becomes a ``crash``/``timeout`` finding for that implementation; the other
+workers and the report carry on. Workers re-load their plugin from its recorded source, so any plugin works,
+whether or not its builder can be pickled.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import sys
+import time
+import traceback
+
+from .registry import Implementation, Registry
+
+PROPERTY_TIMEOUT_S = 240.0      # no progress for this long: the implementation is hung
+
+
+def _worker(source: str, name: str, options: dict, q):
+    try:
+        import torch
+        torch.set_num_threads(1)
+        from .search import check_implementation
+        reg = Registry()
+        reg.load_source(source)
+        if name not in reg.implementations:
+            q.put(("error", f"could not re-load {name!r} from {source}: {reg.errors}"))
+            return
+        result = check_implementation(reg.implementations[name],
+                                      on_property=lambda p, r: q.put(("progress", p)), **options)
+        q.put(("result", result))
+    except BaseException as e:   # reported as a crash finding by the parent
+        q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
+
+
+def _failed(impl: Implementation, fid: str, evidence: str, prop: str) -> dict:
+    return {"name": impl.name, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
+            "declined_cases": 0, "worst_ratio_by_dtype": {}, "properties": {}, "capabilities": {},
+            "seconds": 0.0, "findings": [{"id": fid, "property": prop, "where": "worker", "evidence": [evidence],
+                                          "error_ratio": None, "example": "", "scenario": "", "repro": ""}]}
+
+
+class Progress:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def show(self, name: str, what: str):
+        if not self.tty:
+            return
+        width = 24
+        fill = int(width * self.done / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {name}: {what}"[:100]
+                          .ljust(100))
+        self.stream.flush()
+
+    def finish(self, name: str, verdict: str):
+        self.done += 1
+        if self.tty:
+            self.show(name, verdict)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"[{self.done}/{self.total}] {name}: {verdict}\n")
+            self.stream.flush()
+
+
+def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PROPERTY_TIMEOUT_S,
+            progress: Progress | None = None, **options) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    pending = list(impls)
+    running: dict[str, tuple] = {}
+    results: dict[str, dict] = {}
+    progress = progress or Progress(len(impls))
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            impl = pending.pop(0)
+            q = ctx.Queue()
+            p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=True)
+            p.start()
+            running[impl.name] = (impl, p, q, time.monotonic(), "starting")
+        for name, (impl, p, q, last, current) in list(running.items()):
+            done = None
+            try:
+                while True:
+                    kind, payload = q.get(timeout=0.05)
+                    if kind == "progress":
+                        last, current = time.monotonic(), payload
+                        running[name] = (impl, p, q, last, current)
+                        progress.show(name, payload)
+                    elif kind == "result":
+                        done = payload
+                        break
+                    else:
+                        done = _failed(impl, "crash", payload, current)
+                        break
+            except queue.Empty:
+                pass
+            if done is None and not p.is_alive():
+                done = _failed(impl, "crash", f"worker process died (exit code {p.exitcode}) while checking "
+                                              f"{current!r}", current)
+            if done is None and time.monotonic() - last > timeout_s:
+                p.kill()
+                done = _failed(impl, "timeout", f"no progress for {timeout_s:.0f} s while checking {current!r}; "
+                                                f"worker killed", current)
+            if done is not None:
+                p.join(timeout=5)
+                results[name] = done
+                del running[name]
+                progress.finish(name, f"{len(done['findings'])} finding(s)")
+    return [results[i.name] for i in impls]
