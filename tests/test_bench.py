@@ -1,0 +1,75 @@
+"""bncheck.bench on the tiny shape set, on the CPU: the result's structure, not its timings."""
+import argparse
+import json
+import math
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")   # harmless here; keeps a later triton import in interpreter mode
+
+import torch  # noqa: E402
+
+import bncheck  # noqa: E402
+from bncheck import bench as B  # noqa: E402
+
+ROW_KEYS = {"implementation", "op", "shape", "layout", "dtype", "time_ms", "ratio", "gbps", "pct_copy", "error"}
+
+
+class Scale(torch.nn.Module):
+    """A trivial per-channel module with one parameter: enough to time forward and backward."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(spec.num_features, device=spec.device, dtype=spec.dtype))
+
+    def forward(self, x):
+        return x * self.weight.reshape([1, -1] + [1] * (x.dim() - 2)).to(x.dtype)
+
+
+def unsupported(spec):
+    raise bncheck.Unsupported("not this one")
+
+
+def test_bench_rows_and_render():
+    dtypes = [torch.float32, torch.bfloat16]
+    result = B.bench({"scale": Scale, "gap": unsupported}, "cpu", "tiny", dtypes, min_run_time=0.01)
+    result = json.loads(json.dumps(result))       # plain JSON types throughout
+    h = result["header"]
+    assert h["torch"] == torch.__version__ and h["device_type"] == "cpu" and h["timer"]
+    assert math.isfinite(h["copy_gbps"]) and h["copy_gbps"] > 0
+    rows = result["rows"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    n_cfg = len(B.SHAPE_SETS["tiny"]) * len(dtypes)
+    assert len(rows) == n_cfg * 3 * len(B.OPS)
+    by_impl = {}
+    for r in rows:
+        by_impl.setdefault(r["implementation"], []).append(r)
+    assert set(by_impl) == {B.NATIVE, "scale", "gap"}
+    for name in (B.NATIVE, "scale"):
+        assert len(by_impl[name]) == n_cfg * len(B.OPS)
+        assert {r["op"] for r in by_impl[name]} == set(B.OPS)
+        for r in by_impl[name]:
+            assert r["error"] is None, r
+            for k in ("time_ms", "ratio", "gbps", "pct_copy"):
+                assert isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0, (k, r)
+    assert all(r["ratio"] == 1.0 for r in by_impl[B.NATIVE])
+    assert all(r["time_ms"] is None and r["error"].startswith("unsupported") for r in by_impl["gap"])
+    assert {r["layout"] for r in rows} == {"nc", "nchw", "nhwc"}
+    md = B.render_markdown(result)
+    assert "| implementation" in md and "torch-native" in md and "geomean" in md and "unsupported" in md
+
+
+def test_bytes_model_and_shape_sets():
+    assert B.bytes_moved("forward-eval", 1000, 10, 2, 4) == 2 * 1000 * 2 + 4 * 10 * 4
+    assert B.bytes_moved("backward", 1000, 10, 4, 4) == 3 * 1000 * 4 + 3 * 10 * 4
+    assert len(B.SHAPE_SETS["resnet50"]) == 2 * len(B.RESNET50_CHW) == 24
+    assert B.shapes_for("default", "cpu") == B.SHAPE_SETS["small"]
+    assert B.shapes_for("default", "cuda") == B.SHAPE_SETS["resnet50"] + B.SHAPE_SETS["bn1d"] + B.SHAPE_SETS["3d"]
+    assert B.shapes_for("32x64x56x56:nhwc,1024x64", "cpu") == [((32, 64, 56, 56), True), ((1024, 64), False)]
+
+
+def test_add_arguments():
+    p = argparse.ArgumentParser()
+    B.add_arguments(p)
+    a = p.parse_args(["--device", "cpu", "--shapes", "tiny", "--dtype", "float32", "--dtype", "bfloat16",
+                      "--impl", "a", "--impl", "b"])
+    assert (a.device, a.shapes, a.dtype, a.impl) == ("cpu", "tiny", ["float32", "bfloat16"], ["a", "b"])
