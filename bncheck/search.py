@@ -189,6 +189,8 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     t0 = time.monotonic()
     results = []
     for i, prop in enumerate(props):
+        if on_property:
+            on_property(prop.name, None)     # started
         r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i)
         results.append(r)
         if on_property:

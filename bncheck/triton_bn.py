@@ -51,35 +51,42 @@ def _like(t: torch.Tensor, fmt) -> torch.Tensor:
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
+def _forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps):
+    """(y, state for backward): the kernels without autograd."""
+    if K.UNUSABLE:
+        raise RuntimeError(K.UNUSABLE)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"TritonBatchNorm supports float32, float16 and bfloat16 inputs, got {x.dtype}")
+    if x.device.type != "cuda" and not K.INTERPRET:
+        raise RuntimeError(f"TritonBatchNorm needs CUDA tensors (got {x.device}) unless TRITON_INTERPRET=1")
+    x, fmt, layout, N, C, S = _canonical(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:          # empty batch: empty output, running statistics untouched
+        return y, (x, fmt, None, None)
+    plan = K.make_plan(layout, N, C, S, x.device)
+    if training:
+        part = K.launch_stats(plan, x)
+        coef = K.launch_finalize_fwd(plan, part, weight, bias, running_mean, running_var, num_batches_tracked, eps,
+                                     momentum)
+        K.launch_apply(plan, y, x=x, coef=coef)
+        return y, (x, fmt, plan, coef)
+    K.launch_apply(plan, y, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+                   eps=eps)
+    return y, (x, fmt, plan, None)
+
+
 class TritonBatchNormFunction(torch.autograd.Function):
     """``y = batch_norm(x)``; updates the running statistics in place when training with them."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps):
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"TritonBatchNorm supports float32, float16 and bfloat16 inputs, got {x.dtype}")
-        if K.UNUSABLE:
-            raise RuntimeError(K.UNUSABLE)
-        if x.device.type != "cuda" and not K.INTERPRET:
-            raise RuntimeError(f"TritonBatchNorm needs CUDA tensors (got {x.device}) unless TRITON_INTERPRET=1")
-        x, fmt, layout, N, C, S = _canonical(x)
-        y = torch.empty_like(x)
-        ctx.fmt, ctx.training, ctx.eps = fmt, training, eps
+        y, (x, ctx.fmt, ctx.plan, coef) = _forward(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                                   training, momentum, eps)
+        ctx.training, ctx.eps = training, eps
         ctx.b_dtype = None if bias is None else bias.dtype
-        ctx.plan = None
-        if x.numel() == 0:          # empty batch: empty output, running statistics untouched
-            ctx.save_for_backward(x, weight, None, None, None)
-            return y
-        plan = ctx.plan = K.make_plan(layout, N, C, S, x.device)
         if training:
-            part = K.launch_stats(plan, x)
-            coef = K.launch_finalize_fwd(plan, part, weight, bias, running_mean, running_var, num_batches_tracked,
-                                         eps, momentum)
-            K.launch_apply(plan, y, x=x, coef=coef)
             ctx.save_for_backward(x, weight, coef, None, None)
         else:
-            K.launch_apply(plan, y, x=x, running_mean=running_mean, running_var=running_var, weight=weight,
-                           bias=bias, eps=eps)
             ctx.save_for_backward(x, weight, None, running_mean, running_var)
         return y
 
@@ -135,9 +142,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("running_mean and running_var must be defined in evaluation mode")
-    return TritonBatchNormFunction.apply(input, weight, bias, running_mean if update or not training else None,
-                                         running_var if update or not training else None,
-                                         num_batches_tracked, bool(training), momentum, float(eps))
+    args = (input, weight, bias, running_mean if update or not training else None,
+            running_var if update or not training else None, num_batches_tracked, bool(training), momentum,
+            float(eps))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        return TritonBatchNormFunction.apply(*args)
+    return _forward(*args)[0]   # no graph to record: skip the autograd.Function overhead
 
 
 class TritonBatchNorm(_BatchNorm):

@@ -16,6 +16,7 @@ Backward is the same shape: a split reduction of ``sum(dy)`` and ``sum(dy * (x -
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -85,8 +86,13 @@ def make_plan(layout: str, N: int, C: int, S: int, device: torch.device) -> Plan
     channels to occupy the machine: aim for ``programs_per_sm * SMs`` programs in all, but never give a program
     fewer than ``min_tiles`` tiles.
     """
-    t = TUNING
-    target = t["programs_per_sm"] * _num_sms(device)
+    return _plan(layout, N, C, S, _num_sms(device), tuple(sorted(TUNING.items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(layout, N, C, S, sms, tuning) -> Plan:
+    t = dict(tuning)
+    target = t["programs_per_sm"] * sms
     if layout == "cf":
         rb = min(_pow2(S), t["red_tile"])
         ra = max(1, min(_pow2(N), t["red_tile"] // rb))
@@ -201,18 +207,21 @@ def _stats_cl_kernel(x_ptr, part_ptr, M, C, PER, BLOCK_M: tl.constexpr, BLOCK_C:
 @triton.jit
 def _finalize_fwd_kernel(part_ptr, coef_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, nbt_ptr, C, SPLIT, n, eps, momentum,
                          HAS_W: tl.constexpr, HAS_B: tl.constexpr, UPDATE: tl.constexpr, USE_CMA: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = cols < C
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     cnt = tl.zeros([BLOCK_C], tl.float32)
-    for p in range(0, SPLIT):
-        off = p * C + cols
-        pc = tl.load(part_ptr + off, mask=mask, other=0.0)
-        pm = tl.load(part_ptr + SPLIT * C + off, mask=mask, other=0.0)
-        pq = tl.load(part_ptr + 2 * SPLIT * C + off, mask=mask, other=0.0)
-        mean, m2, cnt = _welford_combine(mean, m2, cnt, pm, pq, pc)
+    rp = tl.arange(0, BLOCK_P)[:, None]
+    for p0 in range(0, SPLIT, BLOCK_P):      # BLOCK_P partials per step, loaded together
+        pmask = (p0 + rp < SPLIT) & mask[None, :]
+        off = (p0 + rp) * C + cols[None, :]
+        pc = tl.load(part_ptr + off, mask=pmask, other=0.0)
+        pm = tl.load(part_ptr + SPLIT * C + off, mask=pmask, other=0.0)
+        pq = tl.load(part_ptr + 2 * SPLIT * C + off, mask=pmask, other=0.0)
+        cm, cq, cc = _welford_lanes(pm, pq, pc, 0)
+        mean, m2, cnt = _welford_combine(mean, m2, cnt, cm, cq, cc)
     var = tl.maximum(m2 / n, 0.0)                                  # biased: used to normalise
     invstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
     scale = invstd
@@ -295,14 +304,17 @@ def _bwd_reduce_cl_kernel(x_ptr, dy_ptr, center_ptr, part_ptr, M, C, PER, BLOCK_
 @triton.jit
 def _finalize_bwd_kernel(part_ptr, fcoef_ptr, bcoef_ptr, w_ptr, rm_ptr, rv_ptr, dw_ptr, db_ptr, C, SPLIT, n, eps,
                          TRAIN: tl.constexpr, HAS_W: tl.constexpr, WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = cols < C
     sdy = tl.zeros([BLOCK_C], tl.float32)
     sdyx = tl.zeros([BLOCK_C], tl.float32)
-    for p in range(0, SPLIT):
-        sdy += tl.load(part_ptr + p * C + cols, mask=mask, other=0.0)
-        sdyx += tl.load(part_ptr + SPLIT * C + p * C + cols, mask=mask, other=0.0)
+    rp = tl.arange(0, BLOCK_P)[:, None]
+    for p0 in range(0, SPLIT, BLOCK_P):
+        pmask = (p0 + rp < SPLIT) & mask[None, :]
+        off = (p0 + rp) * C + cols[None, :]
+        sdy += tl.sum(tl.load(part_ptr + off, mask=pmask, other=0.0), 0)
+        sdyx += tl.sum(tl.load(part_ptr + SPLIT * C + off, mask=pmask, other=0.0), 0)
     if TRAIN:
         center = tl.load(fcoef_ptr + cols, mask=mask, other=0.0)
         invstd = tl.load(fcoef_ptr + C + cols, mask=mask, other=0.0)
@@ -396,7 +408,11 @@ def _apply_cl_kernel(x_ptr, dy_ptr, out_ptr, coef_ptr, rm_ptr, rv_ptr, w_ptr, b_
 # ---------------------------------------------------------------------------------------------------------------
 # launchers (tensors already in the plan's layout; optional pointers replaced by a placeholder tensor)
 
-_FIN_BLOCK = 128
+_FIN_BLOCK = 64
+
+
+def _fin_block_p(split: int) -> int:
+    return min(_pow2(split), 32)
 
 
 def launch_stats(plan: Plan, x: torch.Tensor) -> torch.Tensor:
@@ -423,7 +439,8 @@ def launch_finalize_fwd(plan, part, weight, bias, running_mean, running_var, nbt
         part, coef, _p(weight, coef), _p(bias, coef), _p(running_mean, coef), _p(running_var, coef),
         nbt if cma else coef, C, plan.split, float(plan.N * plan.S), float(eps),
         0.0 if momentum is None else float(momentum),
-        HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update, USE_CMA=cma, BLOCK_C=_FIN_BLOCK)
+        HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update, USE_CMA=cma, BLOCK_P=_fin_block_p(plan.split),
+        BLOCK_C=_FIN_BLOCK)
     return coef
 
 
@@ -448,7 +465,8 @@ def launch_finalize_bwd(plan, part, fcoef, weight, running_mean, running_var, ep
     _finalize_bwd_kernel[(triton.cdiv(C, _FIN_BLOCK),)](
         part, _p(fcoef, bcoef), bcoef, _p(weight, bcoef), _p(running_mean, bcoef), _p(running_var, bcoef),
         _p(dw, bcoef), _p(db, bcoef), C, plan.split, float(plan.N * plan.S), float(eps),
-        TRAIN=train, HAS_W=weight is not None, WRITE_DW=dw is not None, WRITE_DB=db is not None, BLOCK_C=_FIN_BLOCK)
+        TRAIN=train, HAS_W=weight is not None, WRITE_DW=dw is not None, WRITE_DB=db is not None,
+        BLOCK_P=_fin_block_p(plan.split), BLOCK_C=_FIN_BLOCK)
     return bcoef
 
 

@@ -70,7 +70,16 @@ class BatchNorm(nn.Module):
         return x_norm
 
 
-@bncheck.implementation("seed-002", state={"weight": "gamma", "bias": "beta"}, expect=set())
+@bncheck.implementation("seed-002", state={"weight": "gamma", "bias": "beta"},
+                         expect={
+        # verified against the code: eps hard-coded 1e-5, biased running var, stats broadcast into (1, C, 1, C),
+        # (C,) stats broadcast against the last axis in 4-D eval, affine=False crashes, ranks 3/5 raise,
+        # momentum=None raises, float32 buffers promote half input
+        "eps-ignored", "biased-running-var", "state-shape-drift", "stats-broadcast-axis", "crash",
+        "rank-unsupported", "momentum-none", "dtype-promotion",
+        # as named today: 4-D eval gradients through last-axis-broadcast statistics
+        "output-mismatch",
+    })
 def build(spec: bncheck.Spec) -> nn.Module:
     return BatchNorm(spec.num_features, momentum=spec.momentum, affine=spec.affine,
                      track_running_stats=spec.track_running_stats).to(spec.device, spec.dtype)

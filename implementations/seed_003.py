@@ -79,7 +79,13 @@ class BatchNorm(nn.Module):
 @bncheck.implementation(
     "seed-003",
     state={"weight": "gamma", "bias": "beta", "running_mean": "exp_mean", "running_var": "exp_var"},
-    expect=set(),
+    expect={
+        # verified against the code: E[x^2]-E[x]^2, biased running var, running stats keep the graph,
+        # track_running_stats=False raises AttributeError, momentum=None raises, no error for one value per
+        # channel, float32 buffers promote half input
+        "cancellation", "biased-running-var", "running-stats-hold-graph", "crash", "momentum-none",
+        "missing-error", "dtype-promotion",
+    },
 )
 def build(spec: bncheck.Spec) -> nn.Module:
     return BatchNorm(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,

@@ -322,6 +322,9 @@ CORRECT_CFGS = {
     "bfloat16-mixed": Cfg(ndim=4, xdtype=torch.bfloat16, channels_last=True),
     "half-params": Cfg(ndim=3, dtype=torch.float16, spatial=4),
     "float64": Cfg(ndim=4, dtype=torch.float64),
+    "float64-params-float32-input": Cfg(ndim=4, dtype=torch.float64, xdtype=torch.float32, batches=(4, 0)),
+    "float32-params-float64-input": Cfg(ndim=2, batch=8, xdtype=torch.float64, steps=TRAIN_EVAL_NOGRAD),
+    "float64-params-half-input": Cfg(ndim=3, dtype=torch.float64, xdtype=torch.float16, track=False),
     "momentum-none": Cfg(ndim=4, momentum=None, steps=(("train", True),) * 3 + (("eval", True),)),
     "momentum-0.5-eps-0.1": Cfg(ndim=3, momentum=0.5, eps=0.1, spatial=6),
     "eps-zero": Cfg(ndim=4, eps=0.0, random_state=True, steps=(("train", True), ("eval", True), ("eval", False))),
@@ -739,7 +742,7 @@ def test_plugins_register_the_zoo():
     assert zoo_plugins.ZOO_MUTANTS == {f"zoo-{n}": cls.finding for n, cls in MUTANTS.items()}
     assert set(reg.implementations) == set(zoo_plugins.ZOO_CORRECT) | set(zoo_plugins.ZOO_MUTANTS)
     for name, impl in reg.implementations.items():
-        assert impl.kind == "batchnorm" and impl.origin == str(PLUGIN_FILE)
+        assert impl.kind == "batchnorm" and Path(impl.origin).resolve() == PLUGIN_FILE
         assert impl.expect == (frozenset({zoo_plugins.ZOO_MUTANTS[name]}) if name in zoo_plugins.ZOO_MUTANTS
                                else frozenset())
         spec = bncheck.Spec(num_features=4, ndim=3, eps=1e-3, momentum=None, affine=False,

@@ -1,0 +1,2 @@
+import bncheck
+import this_module_does_not_exist  # noqa: F401

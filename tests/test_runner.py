@@ -1,0 +1,28 @@
+"""The runner survives plugins that crash, hang, kill their process or fail to import; the run completes."""
+from pathlib import Path
+
+from bncheck import runner
+from bncheck.registry import discover
+
+BAD = Path(__file__).parent / "plugins_bad"
+ROOT = Path(__file__).parent.parent
+
+
+def test_crash_hang_death_and_import_failure_are_findings_and_the_run_goes_on():
+    reg = discover(plugin_dirs=[ROOT / "implementations", BAD], entry_points=False)
+    errors = {Path(e.origin).name: e.message for e in reg.errors}
+    assert "ModuleNotFoundError" in errors["import_fails.py"] and "import_fails.py:2" in errors["import_fails.py"]
+    assert "already registered by implementations/torch_reference.py" in errors["clash.py"] or \
+        "already registered by" in errors["clash.py"] and "torch_reference.py" in errors["clash.py"]
+    names = ["bad-crashing", "bad-hanging", "bad-dying", "torch-bn2d"]
+    impls = [reg.implementations[n] for n in names]
+    out = {r["name"]: r for r in runner.run_all(impls, jobs=2, timeout_s=20, profile="quick", seed=0,
+                                                 properties=["forward"])}
+    crash = out["bad-crashing"]["findings"]
+    assert [f["id"] for f in crash] == ["crash"]
+    assert "kernel exploded" in crash[0]["evidence"][0]
+    hang = out["bad-hanging"]["findings"]
+    assert [f["id"] for f in hang] == ["timeout"] and "forward" in hang[0]["evidence"][0]
+    died = out["bad-dying"]["findings"]
+    assert [f["id"] for f in died] == ["crash"] and "exit code 3" in died[0]["evidence"][0]
+    assert out["torch-bn2d"]["findings"] == [] and out["torch-bn2d"]["cases"] > 0
