@@ -288,8 +288,8 @@ def render_markdown(result: dict) -> str:
              f"- copy bandwidth (read + write of a large copy): {h.get('copy_gbps', 0):.1f} GB/s",
              f"- ratio = torch time / implementation time (> 1: faster than torch native); "
              f"GB/s from the minimal-bytes model ({h.get('bytes_model')})", ""]
-    table = [[r["implementation"], r["op"], r["shape"], r["layout"], r["dtype"], _fmt(r["time_ms"], ".4f"),
-              _fmt(r["ratio"], ".2f"), _fmt(r["gbps"], ".1f"), _fmt(r["pct_copy"], ".0f"), r.get("error") or ""]
+    table = [[r["implementation"], r["op"], r["shape"], r["layout"], r["dtype"], _fmt(r["time_ms"], ".4g"),
+              _fmt(r["ratio"], ".3g"), _fmt(r["gbps"], ".3g"), _fmt(r["pct_copy"], ".3g"), r.get("error") or ""]
              for r in result["rows"]]
     lines.append(tabulate(table, headers=["implementation", "op", "shape", "layout", "dtype", "ms", "ratio",
                                           "GB/s", "% copy", "error"], tablefmt="pipe", disable_numparse=True))
@@ -299,7 +299,7 @@ def render_markdown(result: dict) -> str:
             summary.setdefault((r["implementation"], r["op"]), []).append(r["ratio"])
     if summary:
         lines += ["", "Geometric mean of ratios:", ""]
-        lines.append(tabulate([[impl, op, f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}", len(v)]
+        lines.append(tabulate([[impl, op, f"{math.exp(sum(map(math.log, v)) / len(v)):.3g}", len(v)]
                                for (impl, op), v in summary.items()],
                               headers=["implementation", "op", "geomean ratio", "rows"], tablefmt="pipe",
                               disable_numparse=True))

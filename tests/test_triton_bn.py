@@ -325,3 +325,46 @@ def test_split_reduction(monkeypatch, shape, fmt, per_sm, min_split):
     plan = K.make_plan(layout, N, C, S, torch.device("cpu"))
     assert plan.split >= min_split, plan
     run_train(shape, fmt=fmt, steps=2, offset=1000.0)
+
+
+_COMPILE_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bncheck import triton_kernels as K
+assert not K.INTERPRET
+PTR = {"x_ptr": "*fp16", "dy_ptr": "*fp16", "out_ptr": "*fp16", "w_ptr": "*bf16", "b_ptr": "*bf16",
+       "rm_ptr": "*bf16", "rv_ptr": "*bf16", "dw_ptr": "*bf16", "db_ptr": "*bf16", "nbt_ptr": "*i64"}
+FLOATS = {"eps", "momentum", "n"}
+def compile(fn, **consts):
+    sig = {a: "constexpr" if a in consts else PTR.get(a, "*fp32") if a.endswith("_ptr") else
+           "fp32" if a in FLOATS else "i64" if a == "stride_n" else "i32" for a in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a.endswith("_ptr")}
+    triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32))
+compile(K._stats_cf_kernel, BLOCK_N=32, BLOCK_S=64)
+compile(K._stats_cl_kernel, BLOCK_M=32, BLOCK_C=64)
+compile(K._bwd_reduce_cf_kernel, BLOCK_N=1, BLOCK_S=2048)
+compile(K._bwd_reduce_cl_kernel, BLOCK_M=32, BLOCK_C=64)
+compile(K._finalize_fwd_kernel, HAS_W=True, HAS_B=True, UPDATE=True, USE_CMA=True, BLOCK_P=32, BLOCK_C=64)
+compile(K._finalize_bwd_kernel, TRAIN=True, HAS_W=True, WRITE_DW=True, WRITE_DB=True, BLOCK_P=1, BLOCK_C=64)
+for kern, blocks in ((K._apply_cf_kernel, dict(BLOCK_R=2, BLOCK_S=2048)), (K._apply_cl_kernel, dict(BLOCK_M=32, BLOCK_C=128))):
+    compile(kern, HAS_X=True, HAS_DY=False, INLINE=True, HAS_W=True, HAS_B=True, **blocks)
+    compile(kern, HAS_X=True, HAS_DY=True, INLINE=False, HAS_W=True, HAS_B=False, **blocks)
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90():
+    """The interpreter does not type-check like the compiler: compile each kernel for an H100 (sm_90, through
+    triton's bundled ptxas) in a process with the interpreter off. No GPU is needed."""
+    import subprocess
+    import sys
+    pytest.importorskip("triton.backends.nvidia")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if r.returncode != 0 and ("ptxas" in r.stderr and "not found" in r.stderr.lower()):
+        pytest.skip("no ptxas: " + r.stderr[-300:])
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
