@@ -1,7 +1,7 @@
 """Mutants of ``ScratchBN``: each has exactly one defect, of a kind found in real from-scratch BatchNorm code.
 
-Every mutant overrides one hook of ``ScratchBN`` and names, in ``finding``, the catalog id that a perfect diagnosis
-reports for it. Its docstring states the defect in one line. ``tests/test_zoo_sanity.py`` shows, against torch,
+Every mutant overrides one method of ``ScratchBN`` (or, once, of a correct variant) and names, in ``finding``, the
+catalog id that a perfect diagnosis reports for it. The first line of its docstring states the defect. ``tests/test_zoo_sanity.py`` shows, against torch,
 that each defect shows where it should and nowhere else.
 """
 from __future__ import annotations
@@ -62,28 +62,27 @@ class BiasedRunningVar(ScratchBN):
 
 
 class StatsUpdatedInEval(ScratchBN):
-    """Running statistics (and num_batches_tracked) are updated in eval mode too.
+    """Running statistics (and num_batches_tracked) keep adapting in eval mode, after the output is computed.
 
-    The eval output is normalised with the running statistics as just updated.
+    The eval output itself is right: it is normalised with the running statistics as they were before the call.
     """
     finding = "stats-updated-in-eval"
 
-    def _updates_running(self, training):
-        return self.track_running_stats
+    def forward(self, x):
+        y = super().forward(x)
+        if not self.training and self.track_running_stats:     # "keep the estimates fresh at test time"
+            self._count_batch()
+            self._update_running(*self._batch_stats(x, x.to(self._compute_dtype(x))), values_per_channel(x))
+        return y
 
 
 class StatsNotUpdated(ScratchBN):
-    """The running update rebinds local names, so running_mean/running_var never change."""
+    """Running statistics and num_batches_tracked never change in training: left frozen as for fine-tuning."""
     finding = "stats-not-updated"
+    freeze_running_stats = True
 
-    def _update_running(self, mean, var, n):
-        if n == 0:
-            return
-        with torch.no_grad():
-            factor = self._momentum_factor()
-            running_mean, running_var = self.running_mean, self.running_var
-            running_mean = self._blend(running_mean, self._channel(mean), factor)
-            running_var = self._blend(running_var, self._unbiased(self._channel(var), n), factor)
+    def _updates_running(self, training):
+        return training and self.track_running_stats and not self.freeze_running_stats
 
 
 class RunningStatsHoldGraph(ScratchBN):
@@ -188,8 +187,8 @@ class NoTrackEvalUsesRunning(ScratchBN):
 class BatchOnlyReduction(ScratchBN):
     """Statistics are taken over the batch axis only (one per channel and position), not over N and space.
 
-    The running update averages the per-position statistics over positions to fit the (C,) buffers; for rank-2
-    input there is one position and the result is correct.
+    The running update averages the per-position statistics (variance corrected by N/(N-1)) over positions to fit
+    the (C,) buffers; for rank-2 input there is one position and the result is correct.
     """
     finding = "wrong-reduction-axes"
 

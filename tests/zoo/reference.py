@@ -3,7 +3,7 @@
 ``ScratchBN`` reproduces ``torch.nn.BatchNorm{1,2,3}d`` (see BATCHNORM_SEMANTICS.md) without calling
 ``F.batch_norm``: same constructor, same parameter and buffer names, ranks 2..5, any memory format, mixed
 precision, ``momentum=None``, zero-size batches, and torch's errors (one value per channel, or eps <= 0, when batch
-statistics are needed).
+statistics are needed; parameter dtypes that torch's CPU kernel rejects).
 
 Its forward pass is a sequence of small hook methods, so that each mutant in ``mutants.py`` can be a subclass that
 overrides exactly one of them. The variants at the bottom compute the batch statistics differently (Welford,
@@ -103,10 +103,11 @@ class ScratchBN(nn.Module):
         if use_batch or update:
             self._check_batch_size(x)
         self._check_eps(use_batch or update)
+        self._check_dtypes(x)
         if use_batch or update:
             mean, var = self._batch_stats(x, xc)
         if update:
-            self._update_running(mean, var, values_per_channel(x))
+            self._update_running(mean, var, math.prod(x.shape[d] for d in self._reduce_dims(x)))
         mean, var = self._norm_stats(x, training, mean, var)
         y = self._normalize(xc, mean, var)
         y = self._affine(y)
@@ -141,6 +142,17 @@ class ScratchBN(nn.Module):
         if self.eps < 0.0:
             raise ValueError(f"batch_norm eps must be non-negative, but got {self.eps}")
 
+    def _check_dtypes(self, x: torch.Tensor) -> None:
+        """torch's CPU rule: parameters and buffers have the input's dtype, or float32 for float16/bfloat16 input."""
+        if x.numel() == 0:
+            return
+        dtypes = {t.dtype for t in (self.weight, self.bias, self.running_mean, self.running_var) if t is not None}
+        if not dtypes or dtypes == {x.dtype} or (x.dtype in LOW_PRECISION and dtypes == {torch.float32}):
+            return
+        if dtypes == {torch.float32}:
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """float16/bfloat16 inputs are normalised and reduced in float32."""
         return torch.float32 if x.dtype in LOW_PRECISION else x.dtype
@@ -168,6 +180,7 @@ class ScratchBN(nn.Module):
         return self.momentum
 
     def _unbiased(self, var: torch.Tensor, n: int) -> torch.Tensor:
+        """Bessel's correction for a variance over ``n`` values (the size of the reduction)."""
         return var * (n / max(n - 1, 1))
 
     def _blend(self, old: torch.Tensor, new: torch.Tensor, factor: float) -> torch.Tensor:
