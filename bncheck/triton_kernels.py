@@ -10,6 +10,10 @@ Two memory layouts are handled natively, both read in place:
 Forward training is three launches: a split reduction writing per-(split, channel) Welford partials
 ``(count, mean, M2)``, a finalize that merges the partials with Chan's parallel formula, writes the per-channel
 coefficients and updates the running statistics, and an elementwise pass ``y = (x - mean) * scale + shift``.
+Inside a reduction program every lane runs Welford's update over its elements of successive tiles; the lanes are
+then merged with the k-way form of Chan's formula (deviations from the merged mean), as are blocks of partials in
+the finalize step. No E[x^2] - E[x]^2 anywhere. The split (programs per channel) is chosen from the problem size so
+that small-C / large-N*HW problems still fill the GPU.
 Eval is the elementwise pass alone, computing the coefficients from the running statistics inline.
 Backward is the same shape: a split reduction of ``sum(dy)`` and ``sum(dy * (x - mean))``, a finalize writing
 ``dweight``/``dbias`` and the dx coefficients, and an elementwise pass. Everything accumulates in float32.
@@ -39,11 +43,13 @@ UNUSABLE = ("triton was imported before TRITON_INTERPRET=1 was set, so its inter
 
 # Tiling knobs. ``red_tile``/``apply_tile``: elements per tile of the reduction / elementwise kernels;
 # ``programs_per_sm``: how many reduction programs to aim for per SM (the split heuristic); ``min_tiles``: the
-# fewest tiles a reduction program should own; ``sms``: SM count used when not on CUDA (the interpreter).
-# The interpreter runs programs one after the other in Python, so its tiles are small and its "SM" count tiny.
-TUNING = (dict(red_tile=1024, apply_tile=4096, programs_per_sm=2, min_tiles=1, sms=4, red_warps=4, apply_warps=4)
-          if INTERPRET else
-          dict(red_tile=2048, apply_tile=4096, programs_per_sm=8, min_tiles=2, sms=1, red_warps=4, apply_warps=8))
+# fewest tiles a reduction program should own; ``sms``: SM count used when not on CUDA (the interpreter); ``fin_p``:
+# the most partials per channel the finalize kernels merge in one step. The interpreter runs programs one after the
+# other in Python, so it gets a tiny "SM" count.
+TUNING = dict(red_tile=2048, apply_tile=4096, programs_per_sm=4, min_tiles=2, sms=1, red_warps=4, apply_warps=8,
+              fin_p=256)
+if INTERPRET:
+    TUNING.update(red_tile=1024, programs_per_sm=2, min_tiles=1, sms=4, apply_warps=4)
 
 _SM_CACHE: dict = {}
 
@@ -408,11 +414,11 @@ def _apply_cl_kernel(x_ptr, dy_ptr, out_ptr, coef_ptr, rm_ptr, rv_ptr, w_ptr, b_
 # ---------------------------------------------------------------------------------------------------------------
 # launchers (tensors already in the plan's layout; optional pointers replaced by a placeholder tensor)
 
-_FIN_BLOCK = 64
-
-
-def _fin_block_p(split: int) -> int:
-    return min(_pow2(split), 32)
+def _fin_blocks(split: int, C: int) -> tuple:
+    """(BLOCK_P, BLOCK_C) of the finalize kernels: up to ``fin_p`` partials per channel merged per step, in tiles of
+    at most 4096 elements, so even a few channels with many splits take only a few dependent steps."""
+    bp = min(_pow2(split), TUNING["fin_p"])
+    return bp, max(16, min(128, _pow2(C), 4096 // bp))
 
 
 def launch_stats(plan: Plan, x: torch.Tensor) -> torch.Tensor:
@@ -435,12 +441,13 @@ def launch_finalize_fwd(plan, part, weight, bias, running_mean, running_var, nbt
     coef = torch.empty((4, C), device=part.device, dtype=torch.float32)
     update = running_mean is not None
     cma = update and momentum is None
-    _finalize_fwd_kernel[(triton.cdiv(C, _FIN_BLOCK),)](
+    bp, bc = _fin_blocks(plan.split, C)
+    _finalize_fwd_kernel[(triton.cdiv(C, bc),)](
         part, coef, _p(weight, coef), _p(bias, coef), _p(running_mean, coef), _p(running_var, coef),
         nbt if cma else coef, C, plan.split, float(plan.N * plan.S), float(eps),
         0.0 if momentum is None else float(momentum),
-        HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update, USE_CMA=cma, BLOCK_P=_fin_block_p(plan.split),
-        BLOCK_C=_FIN_BLOCK)
+        HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update, USE_CMA=cma, BLOCK_P=bp, BLOCK_C=bc,
+        num_warps=8 if bp * bc >= 4096 else 4)
     return coef
 
 
@@ -462,11 +469,12 @@ def launch_bwd_reduce(plan: Plan, x, dy, center) -> torch.Tensor:
 def launch_finalize_bwd(plan, part, fcoef, weight, running_mean, running_var, eps, train, dw, db):
     C = plan.C
     bcoef = torch.empty((4, C), device=part.device, dtype=torch.float32)
-    _finalize_bwd_kernel[(triton.cdiv(C, _FIN_BLOCK),)](
+    bp, bc = _fin_blocks(plan.split, C)
+    _finalize_bwd_kernel[(triton.cdiv(C, bc),)](
         part, _p(fcoef, bcoef), bcoef, _p(weight, bcoef), _p(running_mean, bcoef), _p(running_var, bcoef),
         _p(dw, bcoef), _p(db, bcoef), C, plan.split, float(plan.N * plan.S), float(eps),
         TRAIN=train, HAS_W=weight is not None, WRITE_DW=dw is not None, WRITE_DB=db is not None,
-        BLOCK_P=_fin_block_p(plan.split), BLOCK_C=_FIN_BLOCK)
+        BLOCK_P=bp, BLOCK_C=bc, num_warps=8 if bp * bc >= 4096 else 4)
     return bcoef
 
 
