@@ -160,7 +160,7 @@ def _time_ops(module, x, dy, timer) -> dict:
                 xg = x.detach().requires_grad_()
                 y = module(xg)
                 inputs = [xg] + [p for p in module.parameters() if p.requires_grad]
-                out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True))
+                out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True, allow_unused=True))
                 del y
             else:
                 module.train(op == "forward-train")
@@ -252,7 +252,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", action="append", choices=("float32", "float16", "bfloat16"), default=None,
                         help="input dtype, repeatable (default: float32 and float16 on CUDA, float32 on CPU)")
     parser.add_argument("--impl", action="append", default=None,
-                        help="implementation name from the registry, repeatable (torch native is always timed)")
+                        help="implementation name from the registry, repeatable (default: every BatchNorm "
+                             "implementation; torch native is always timed)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
 
 
@@ -260,11 +261,15 @@ def run_from_args(args, registry) -> dict:
     """Resolve ``--impl`` names in ``registry`` and run :func:`bench` with the parsed arguments."""
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = args.impl or []
+    names = args.impl or [i.name for i in registry.of_kind("batchnorm")]
     unknown = [n for n in names if n not in registry.implementations]
     if unknown:
-        raise SystemExit(f"unknown implementation(s): {', '.join(unknown)}; "
+        raise ValueError(f"--impl {unknown[0]}: unknown implementation; "
                          f"known: {', '.join(sorted(registry.implementations))}")
+    other = [n for n in names if registry.implementations[n].kind != "batchnorm"]
+    if other:
+        raise ValueError(f"--impl {other[0]}: a {registry.implementations[other[0]].kind} plugin; "
+                         f"only BatchNorm implementations are timed")
     dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "float16"] if device == "cuda" else
                                                          ["float32"]))]
     result = bench({n: registry.implementations[n].build for n in names}, device, args.shapes, dtypes)

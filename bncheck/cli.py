@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .registry import discover
+from .registry import KINDS, discover
 
 DEFAULT_PLUGIN_DIR = "implementations"
+WORLD_SIZES = (2, 3, 4)
+MAX_WORLD_SIZE = 16
 
 
 class UsageError(Exception):
@@ -41,7 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     r.add_argument("--out", default="reports", metavar="DIR")
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    r.add_argument("--property", action="append", default=[], metavar="NAME", help="only these properties")
+    r.add_argument("--property", action="append", default=[], metavar="NAME",
+                   help="only these BatchNorm properties (fusion and sync plugins have their own)")
+    r.add_argument("--bench", default=None, metavar="SHAPES",
+                   help="after checking, time the checked BatchNorm implementations on this shape set "
+                        "(see `bncheck bench --shapes`) and put the table in the report")
+    r.add_argument("--bench-impl", action="append", default=[], metavar="NAME",
+                   help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation)")
+    r.add_argument("--kind", action="append", default=[], choices=KINDS,
+                   help="only plugins of this kind, repeatable (default: all)")
+    r.add_argument("--world-size", action="append", default=[], type=int, metavar="R",
+                   help=f"world sizes for sync plugins, repeatable (default: {' '.join(map(str, WORLD_SIZES))})")
 
     ls = sub.add_parser("list", help="list discovered implementations")
     plugin_args(ls)
@@ -92,8 +104,17 @@ def cmd_run(args) -> int:
         import torch
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: CUDA is not available on this machine")
+    bad = [w for w in args.world_size if not 1 <= w <= MAX_WORLD_SIZE]
+    if bad:
+        raise UsageError(f"--world-size {bad[0]}: must be between 1 and {MAX_WORLD_SIZE}")
+    if args.bench:
+        _bench_shapes(args.bench)
     reg = _registry(args)
-    impls = reg.of_kind("batchnorm")
+    unknown = [n for n in args.bench_impl if n not in reg.implementations]
+    if unknown:
+        raise UsageError(f"--bench-impl {unknown[0]}: unknown implementation")
+    kinds = args.kind or list(KINDS)
+    impls = [i for k in KINDS if k in kinds for i in reg.of_kind(k)]
     unknown = [n for n in args.impl if n not in reg.implementations]
     if unknown:
         raise UsageError(f"--impl {unknown[0]}: unknown implementation; known: {', '.join(sorted(reg.implementations))}")
@@ -102,8 +123,10 @@ def cmd_run(args) -> int:
     for e in reg.errors:
         print(f"bncheck: plugin failed to load: {e.origin}: {e.message}", file=sys.stderr)
     results = runner.run_all(impls, jobs=args.jobs, profile=args.profile, seed=args.seed, device=args.device,
-                             properties=args.property or None)
-    rep = report.build(_environment(args), results, [vars(e) for e in reg.errors])
+                             properties=args.property or None,
+                             world_sizes=tuple(sorted(set(args.world_size))) or WORLD_SIZES)
+    timings = _run_bench(args, reg, impls) if args.bench else None
+    rep = report.build(_environment(args), results, [vars(e) for e in reg.errors], timings)
     md, js = report.write(rep, args.out)
     for r in rep["implementations"]:
         line = f"{r['name']:<28} {r['verdict']:<12} {len(r['findings'])} finding(s)"
@@ -114,6 +137,28 @@ def cmd_run(args) -> int:
         print(line)
     print(f"wrote {md} and {js}")
     return rep["exit_status"]
+
+
+def _bench_shapes(spec: str) -> None:
+    from .bench import shapes_for
+    try:
+        shapes_for(spec, "cpu")
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"--bench {spec}: {e}") from None
+
+
+def _run_bench(args, reg, impls) -> dict:
+    from types import SimpleNamespace
+
+    from . import bench
+    names = args.bench_impl or [i.name for i in impls if i.kind == "batchnorm"]
+    try:
+        result = bench.run_from_args(SimpleNamespace(device=args.device, shapes=args.bench, dtype=None, impl=names,
+                                                     json=None), reg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    md = bench.render_markdown(result).split("\n", 1)[1].lstrip()   # the report has its own heading
+    return {"markdown": md, "result": result}
 
 
 def cmd_list(args) -> int:
@@ -152,7 +197,10 @@ def cmd_repro(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench, report
     reg = _registry(args)
-    result = bench.run_from_args(args, reg)
+    try:
+        result = bench.run_from_args(args, reg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     md = bench.render_markdown(result)
     out = Path(args.out)
     report._atomic_write(out / "bench.md", md)

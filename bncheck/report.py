@@ -48,13 +48,23 @@ def _esc(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", "<br>")
 
 
-def render_markdown(rep: dict) -> str:
-    env = rep["environment"]
-    lines = ["# bncheck report", ""]
-    lines += [f"- {k}: `{v}`" for k, v in env.items()]
-    lines += ["", "## Summary", ""]
+SECTIONS = {   # plugin kind -> (section title, one line on what was compared)
+    "batchnorm": ("BatchNorm implementations",
+                  "Each implementation against the float64 oracle with torch semantics."),
+    "fusion": ("Fusion (conv-BN folding)",
+               "Each folded convolution against bn(conv(x)) in eval mode, computed in float64."),
+    "sync": ("Distributed (synchronised BatchNorm)",
+             "Each rank's results against the single-process oracle on the concatenated global batch."),
+}
+
+
+def _kind(r: dict) -> str:
+    return r.get("kind", "batchnorm")
+
+
+def _summary(impls: list[dict]) -> str:
     rows = []
-    for r in rep["implementations"]:
+    for r in impls:
         worst = r.get("worst_ratio_by_dtype") or {}
         worst_s = ", ".join(f"{k} {_ratio(v)}" for k, v in worst.items()) or "-"
         notes = []
@@ -62,31 +72,56 @@ def render_markdown(rep: dict) -> str:
             notes.append("unexpected: " + ", ".join(r["unexpected"]))
         if r["missing"]:
             notes.append("expected but not found: " + ", ".join(r["missing"]))
+        declined = [f"{k}: {v[len('declined: '):]}" for k, v in (r.get("capabilities") or {}).items()
+                    if str(v).startswith("declined") and not r["cases"]]
+        notes += [f"declined ({_esc(d)})" for d in declined]
         rows.append([r["name"], r["verdict"], r["cases"], worst_s, len(r["findings"]),
                      "; ".join(notes) or "-", r["origin"]])
-    lines.append(tabulate(rows, headers=["implementation", "verdict", "cases", "worst error / budget by dtype",
-                                         "findings", "notes", "origin"], tablefmt="pipe"))
+    return tabulate(rows, headers=["implementation", "verdict", "cases", "worst error / budget by dtype",
+                                   "findings", "notes", "origin"], tablefmt="pipe")
+
+
+def _findings(impls: list[dict]) -> str:
+    frows = []
+    for r in impls:
+        for f in r["findings"]:
+            frows.append([r["name"], f"`{f['id']}`", f["property"],
+                          _esc(f["where"] + ": " + " / ".join(f["evidence"])),
+                          _ratio(f["error_ratio"]), _esc(f["example"]),
+                          f"`bncheck repro {r['name']}:{f['id']}`" if f.get("repro") else "-"])
+    if not frows:
+        return "No findings."
+    return tabulate(frows, headers=["implementation", "finding", "property", "evidence", "error / budget",
+                                    "minimal example", "reproducer"], tablefmt="pipe")
+
+
+def render_markdown(rep: dict) -> str:
+    env = rep["environment"]
+    lines = ["# bncheck report", ""]
+    lines += [f"- {k}: `{v}`" for k, v in env.items()]
     if rep["load_errors"]:
         lines += ["", "## Plugins that failed to load", ""]
         lines.append(tabulate([[e["origin"], _esc(e["message"])] for e in rep["load_errors"]],
                               headers=["origin", "error"], tablefmt="pipe"))
-    lines += ["", "## Findings", ""]
-    frows = []
-    for r in rep["implementations"]:
-        for f in r["findings"]:
-            frows.append([r["name"], f"`{f['id']}`", f["property"], _esc(f["where"] + ": " + " / ".join(f["evidence"])),
-                          _ratio(f["error_ratio"]), _esc(f["example"]),
-                          f"`bncheck repro {r['name']}:{f['id']}`" if f.get("repro") else "-"])
-    lines.append(tabulate(frows, headers=["implementation", "finding", "property", "evidence", "error / budget",
-                                          "minimal example", "reproducer"], tablefmt="pipe")
-                 if frows else "No findings.")
-    caps = [r for r in rep["implementations"] if r.get("capabilities")]
-    if caps:
-        lines += ["", "## Capabilities", "",
-                  "Configurations each builder accepts (declined ones are skipped and listed, not bugs).", ""]
-        keys = list(caps[0]["capabilities"])
-        crow = [[r["name"]] + [_cap(r["capabilities"].get(k, "")) for k in keys] for r in caps]
-        lines.append(tabulate(crow, headers=["implementation"] + keys, tablefmt="pipe"))
+    for kind, (title, what) in SECTIONS.items():
+        impls = [r for r in rep["implementations"] if _kind(r) == kind]
+        if not impls:
+            continue
+        wall = sum(r.get("seconds") or 0.0 for r in impls)
+        lines += ["", f"## {title}", "", f"{what} Checking took {wall:.1f} s of worker time.", ""]
+        if kind == "sync":
+            sizes = sorted({w for r in impls for w in r.get("world_sizes", [])})
+            if sizes:
+                lines[-2] = lines[-2] + f" World sizes: {', '.join(map(str, sizes))}."
+        lines.append(_summary(impls))
+        lines += ["", "### Findings", "", _findings(impls)]
+        caps = [r for r in impls if r.get("capabilities") and kind == "batchnorm"]
+        if caps:
+            lines += ["", "### Capabilities", "",
+                      "Configurations each builder accepts (declined ones are skipped and listed, not bugs).", ""]
+            keys = list(caps[0]["capabilities"])
+            crow = [[r["name"]] + [_cap(r["capabilities"].get(k, "")) for k in keys] for r in caps]
+            lines.append(tabulate(crow, headers=["implementation"] + keys, tablefmt="pipe"))
     if rep.get("timings"):
         lines += ["", "## Timings", "", rep["timings"].get("markdown", "")]
     lines.append("")

@@ -6,6 +6,8 @@ whether or not its builder can be pickled.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import multiprocessing as mp
 import queue
 import sys
@@ -16,26 +18,45 @@ from .registry import Implementation, Registry
 
 PROPERTY_TIMEOUT_S = 240.0      # no progress for this long: the implementation is hung
 
+# What checks each plugin kind: module and function, called as check(impl, on_property=..., **options); options a
+# check does not take are left out (e.g. ``world_sizes`` only reaches the distributed check).
+CHECKS = {
+    "batchnorm": ("bncheck.search", "check_implementation"),
+    "fusion": ("bncheck.fusion", "check_fusion"),
+    "sync": ("bncheck.distributed", "check_sync"),
+}
+
+
+def _check_function(kind: str):
+    module, func = CHECKS[kind]
+    return getattr(importlib.import_module(module), func)
+
+
+def _accepted(fn, options: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in options.items() if k in params}
+
 
 def _worker(source: str, name: str, options: dict, q):
     try:
         import torch
         torch.set_num_threads(1)
-        from .search import check_implementation
         reg = Registry()
         reg.load_source(source)
         if name not in reg.implementations:
             q.put(("error", f"could not re-load {name!r} from {source}: {reg.errors}"))
             return
-        result = check_implementation(reg.implementations[name],
-                                      on_property=lambda p, r: q.put(("progress", p)), **options)
+        impl = reg.implementations[name]
+        check = _check_function(impl.kind)
+        result = check(impl, on_property=lambda p, r: q.put(("progress", p)), **_accepted(check, options))
+        result.setdefault("kind", impl.kind)
         q.put(("result", result))
     except BaseException as e:   # reported as a crash finding by the parent
         q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
 
 
 def _failed(impl: Implementation, fid: str, evidence: str, prop: str) -> dict:
-    return {"name": impl.name, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
+    return {"name": impl.name, "kind": impl.kind, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
             "declined_cases": 0, "worst_ratio_by_dtype": {}, "properties": {}, "capabilities": {},
             "seconds": 0.0, "findings": [{"id": fid, "property": prop, "where": "worker", "evidence": [evidence],
                                           "error_ratio": None, "example": "", "scenario": "", "repro": ""}]}
@@ -77,7 +98,8 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
         while pending and len(running) < max(1, jobs):
             impl = pending.pop(0)
             q = ctx.Queue()
-            p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=True)
+            # a distributed check starts rank processes of its own, which a daemonic process may not do
+            p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=impl.kind != "sync")
             p.start()
             running[impl.name] = (impl, p, q, time.monotonic(), "starting")
         for name, (impl, p, q, last, current) in list(running.items()):
