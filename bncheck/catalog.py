@@ -47,7 +47,7 @@ _ENTRIES = [
     Entry("affine-wrong", "weight/bias not applied, applied wrongly, or swapped",
           knobs=tuple({"affine_mode": a} for a in ("ignored", "swapped", "weight-only", "bias-only", "one-plus-weight"))),
     Entry("wrong-reduction-axes", "statistics are not taken over (N, spatial) per channel",
-          knobs=({"reduction": "batch-only"}, {"reduction": "per-sample"})),
+          knobs=({"reduction": "batch-only"}, {"reduction": "per-sample"}, {"reduction": "fixed-0-2-3"})),
     Entry("stats-broadcast-axis", "(C,)-shaped statistics broadcast against the last axis, not the channel axis",
           knobs=({"stats_broadcast": "last-axis"},)),
     Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows"),
@@ -69,17 +69,30 @@ _ENTRIES = [
     Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),
     Entry("crash", "raises where torch works"),
     Entry("timeout", "does not return within the time limit where torch works"),
-    # Conv-BN folding
-    Entry("fold-transposed-axis", "scales the wrong weight axis for a transposed convolution", kind="fusion"),
-    Entry("fold-eps-ignored", "folds without eps (or with a different constant)", kind="fusion"),
+    # Conv-BN folding (knobs: bncheck.fold.FoldKnobs of the float64 fold reference)
+    Entry("fold-transposed-axis", "scales the wrong weight axis for a transposed convolution", kind="fusion",
+          knobs=({"scale_axis": "dim0"}, {"scale_axis": "flat-rows"})),
+    Entry("fold-eps-ignored", "folds without eps (or with a different constant)", kind="fusion",
+          knobs=tuple({"eps_override": e} for e in (0.0, 1e-3, 1e-5, 1e-8, 1e-12))),
     Entry("fold-bias-none-crash", "fails when the convolution has no bias", kind="fusion"),
     Entry("fold-groups", "wrong result for grouped or depthwise convolutions", kind="fusion"),
-    Entry("fold-mismatch", "folded module differs from bn(conv(x)), cause not identified", kind="fusion"),
+    Entry("fold-wrong-module", "the folded module differs from the conv in type, weight/bias shape, device or "
+          "hyperparameters, or has no bias", kind="fusion"),
+    Entry("fold-mismatch", "folded module differs from bn(conv(x)) otherwise (evidence: the fold-reference knob "
+          "setting it matches, e.g. mean not subtracted, or the closest one)", kind="fusion",
+          knobs=({"mean_mode": "ignored"}, {"mean_mode": "added"}, {"conv_bias": "unscaled"},
+                 {"conv_bias": "ignored"}, {"beta_mode": "ignored"}, {"beta_mode": "scaled"},
+                 {"scale_form": "no-sqrt"}, {"scale_form": "eps-outside"}, {"scale_form": "no-weight"})),
     # Synchronised BatchNorm
-    Entry("sync-mean-of-variances", "global variance taken as the mean of per-rank variances", kind="sync"),
-    Entry("sync-uneven-batch", "rank statistics averaged without weighting by local batch size", kind="sync"),
-    Entry("sync-local-count", "running_var unbiased with the local count instead of the global one", kind="sync"),
-    Entry("sync-grad-not-reduced", "backward does not all-reduce the gradient sums", kind="sync"),
+    # (knobs of the float64 sync reference, bncheck/sync_reference.py: SyncKnobs)
+    Entry("sync-mean-of-variances", "global variance taken as the mean of per-rank variances", kind="sync",
+          knobs=({"var_merge": "mean-of-variances"}, {"var_merge": "mean-of-variances", "backward": "autograd"})),
+    Entry("sync-uneven-batch", "rank statistics averaged without weighting by local batch size", kind="sync",
+          knobs=({"weighting": "unweighted"}, {"weighting": "unweighted", "backward": "autograd"})),
+    Entry("sync-local-count", "running_var unbiased with the local count instead of the global one", kind="sync",
+          knobs=({"unbias": "local"},)),
+    Entry("sync-grad-not-reduced", "backward does not all-reduce the gradient sums", kind="sync",
+          knobs=({"grad_sums": "local"}, {"grad_sums": "local-mean"})),
     Entry("sync-mismatch", "differs from single-process BatchNorm on the whole batch, cause not identified",
           kind="sync"),
 ]

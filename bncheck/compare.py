@@ -45,6 +45,7 @@ class Comparison:
     discrepancies: list = field(default_factory=list)
     ratios: dict = field(default_factory=dict)      # field -> worst ratio seen (passing or not)
     declined: str | None = None                     # Unsupported: nothing compared
+    unmatched_errors: int = 0                       # steps where the oracle raises and the implementation does not
 
     def worst(self) -> float:
         return max(self.ratios.values(), default=0.0)
@@ -133,6 +134,9 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
     cfg = O.Config(sc.eps, sc.momentum, sc.track_running_stats)
     c = sc.channels
     u_in, u_p = B.u(sc.torch_dtype), B.u(sc.torch_param_dtype)
+    if knobs.stats_dtype is not None:   # statistics kept (and combined) in a lower precision, already named
+        u_kept = B.u(getattr(torch, knobs.stats_dtype))
+        u_in, u_p = max(u_in, u_kept), max(u_p, u_kept)
     w = trace.weight if sc.affine else None
     b = trace.bias if sc.affine else None
     if sc.affine and (w is None or b is None):
@@ -161,6 +165,8 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             cmp.add(Discrepancy(k, "running stats", math.inf, "running buffers have requires_grad/grad_fn after "
                                 "the step (they carry autograd history)", finding="running-stats-hold-graph"))
         if res.error is not None:
+            if obs.error is None:
+                cmp.unmatched_errors += 1
             if obs.error is None and structural:
                 cmp.add(Discrepancy(k, "error", math.inf, f"no error raised; torch raises {res.error} "
                                     f"(Expected more than 1 value per channel when training)",

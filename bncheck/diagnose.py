@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 from . import execute
@@ -40,8 +41,11 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs) -> bool:
     """An explanation found on a minimal example must hold on fresh data too (2 reseeded, larger variants)."""
     n = max(sc.shape[0], 4)
     spatial = tuple(max(s, 2) for s in sc.shape[2:])
-    for i, shape in enumerate(((n, sc.channels) + spatial, (2 * n + 1, sc.channels) + spatial)):
-        v = sc.with_(seed=sc.seed + 7919 * (i + 1), shape=shape)
+    variants = [dict(shape=(n, sc.channels) + spatial), dict(shape=(2 * n + 1, sc.channels) + spatial)]
+    if sc.momentum is None and knobs.momentum_override is not None:
+        variants.append(dict(shape=variants[0]["shape"], momentum=0.3))   # "ignored" must also hold for a number
+    for i, kw in enumerate(variants):
+        v = sc.with_(seed=sc.seed + 7919 * (i + 1), **kw)
         data = materialize(v)
         if _residual(v, data, execute.run(impl, v, data), knobs, owned) > 1.0:
             return False
@@ -50,6 +54,8 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs) -> bool:
 
 def _residual(sc, data, trace, knobs: Knobs, owned, with_all: bool = False):
     cmp = compare(sc, data, trace, knobs, structural=False)
+    if cmp.unmatched_errors:   # under these knobs the oracle would raise where the implementation ran: no fit
+        return (math.inf, math.inf) if with_all else math.inf
     r = max((cmp.ratios.get(f, 0.0) for f in owned), default=0.0)
     return (r, cmp.worst()) if with_all else r
 
@@ -129,6 +135,30 @@ def _crashes(cmp: Comparison) -> bool:
     return any(d.finding == "crash" for d in cmp.discrepancies)
 
 
+def _plain_shapes(n: int, c: int) -> dict:
+    """One shape per rank whose spatial sizes are neither 1 nor C, so nothing broadcasts by accident."""
+    a, b, d = (s if s != c else s + 3 for s in (3, 4, 5))
+    return {2: (n, c), 3: (n, c, a), 4: (n, c, a, b), 5: (n, c, a, b, d)}
+
+
+def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
+    """An output of the wrong shape that only this input rank produces: the rank is not supported."""
+    plain = sc.with_(layout="contiguous", momentum=0.1 if sc.momentum is None else sc.momentum,
+                     steps=(Step(True, False),))
+    shapes = _plain_shapes(max(sc.shape[0], 2), max(sc.channels, 2))   # with one channel anything broadcasts
+
+    def fine(rank):
+        v = plain.with_(shape=shapes[rank])
+        data = materialize(v)
+        cmp = compare(v, data, execute.run(impl, v, data), base)
+        return not any(d.finding == "crash" or not d.structural for d in cmp.discrepancies)
+    works = [r for r in (2, 3, 4, 5) if r != sc.rank and fine(r)]
+    if works and not fine(sc.rank):
+        return (f"rank {sc.rank} gives wrong results (also in a plain training step on shape {shapes[sc.rank]}); "
+                f"rank {', '.join(map(str, works))} is correct")
+    return None
+
+
 def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
     """(finding id, evidence) for a crash seen on ``sc``."""
     if sc.momentum is None and not _crashes(_run(impl, sc.with_(momentum=0.1), base)):
@@ -137,16 +167,37 @@ def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str
         return "non-contiguous-crash", f"the same scenario with a contiguous input runs ({sc.layout} crashes)"
     if sc.shape[0] == 0 and not _crashes(_run(impl, sc.with_(shape=(2,) + tuple(sc.shape[1:])), base)):
         return "crash", "crashes on a zero-size batch (torch returns an empty output); N=2 runs"
-    n, c = max(sc.shape[0], 2), sc.channels
-    other = {2: (n, c), 3: (n, c, 3), 4: (n, c, 3, 2), 5: (n, c, 2, 3, 2)}
-    works = [r for r in (2, 3, 4, 5) if r != sc.rank and not _crashes(
-        _run(impl, sc.with_(shape=other[r], layout="contiguous"), base))]
-    if works:
-        return "rank-unsupported", f"rank {sc.rank} input crashes; rank {', '.join(map(str, works))} runs"
-    return "crash", "crashes on every input rank tried"
+    if not sc.affine and not _crashes(_run(impl, sc.with_(affine=True), base)):
+        return "crash", "crashes with affine=False; the same scenario with affine=True runs"
+    if not sc.track_running_stats and not _crashes(_run(impl, sc.with_(track_running_stats=True), base)):
+        return "crash", "crashes with track_running_stats=False; the same scenario with tracking runs"
+    if sc.rank > 2 and sc.channels > 1 and sc.shape[-1] not in (1, sc.channels):
+        # (C,) statistics broadcast against the last axis only fail when that axis is neither 1 nor C
+        v = sc.with_(shape=tuple(sc.shape[:-1]) + (1,))
+        data = materialize(v)
+        trace = execute.run(impl, v, data)
+        knob = compare(v, data, trace, replace(base, stats_broadcast="last-axis"), structural=False)
+        if not _crashes(compare(v, data, trace, base)) and "output" in knob.ratios:
+            r = knob.ratios["output"]
+            if r <= 1.0:
+                return "stats-broadcast-axis", (f"with a last axis of {sc.shape[-1]} (C={sc.channels}) it crashes; "
+                                                f"with a last axis of 1 it runs and matches the oracle with "
+                                                f"stats_broadcast=last-axis to {r:.2g} x budget")
+    other = _plain_shapes(max(sc.shape[0], 2), max(sc.channels, 2))
+    plain = sc.with_(layout="contiguous", momentum=0.1 if sc.momentum is None else sc.momentum,
+                     steps=(Step(True, False),))
+    if _crashes(_run(impl, plain.with_(shape=other[sc.rank]), base)):   # the rank fails in a plain training step too
+        works = [r for r in (2, 3, 4, 5) if r != sc.rank and not _crashes(_run(impl, plain.with_(shape=other[r]),
+                                                                             base))]
+        if works:
+            return "rank-unsupported", (f"rank {sc.rank} input crashes (also in a plain training step); rank "
+                                        f"{', '.join(map(str, works))} runs")
+        return "crash", "crashes on every input rank tried"
+    return "crash", (f"crashes on this scenario; a plain training step on shape {other[sc.rank]} of the same rank "
+                     f"runs")
 
 
-def _ratio(cmp: Comparison, fields=("running_var", "output")) -> float:
+def _ratio(cmp: Comparison, fields=("running_mean", "running_var", "output")) -> float:
     return max((cmp.ratios.get(f, 0.0) for f in fields), default=0.0)
 
 
@@ -173,11 +224,62 @@ def probe_low_precision(impl: Implementation, sc: Scenario, base: Knobs):
     probe = sc.with_(layout="contiguous", steps=(Step(True, False),), momentum=0.1, eps=1e-5,
                      distribution="offset", offset=4.0)
     small = _ratio(_run(impl, probe.with_(shape=(16, min(sc.channels, 2))), base))
-    large = _ratio(_run(impl, probe.with_(shape=(4096, min(sc.channels, 2))), base))
+    large = _ratio(_run(impl, probe.with_(shape=(8192, min(sc.channels, 2))), base))
     if large > 1.0 and large >= 4 * max(small, 1e-3):
-        return (f"error/budget grows with the reduction size: {small:.3g} at n=16, {large:.3g} at n=4096 "
+        return (f"error/budget grows with the reduction size: {small:.3g} at n=16, {large:.3g} at n=8192 "
                 f"(float32 accumulation keeps it flat)")
     return None
+
+
+def _stored_lower_precision(impl, sc: Scenario, data, trace, cmp: Comparison, fields, base: Knobs):
+    """Running statistics that are plain attributes keep their dtype through ``.to()``: the initial values bncheck
+    writes come back rounded. If the oracle, started from the values as stored, matches, that is the cause."""
+    first = trace.steps[0].before if trace.steps else None
+    if not sc.track_running_stats or first is None or not first.readable:
+        return None
+    attrs = [trace.stat_attrs.get(k, k) for k in ("running_mean", "running_var")]
+    if all(a in trace.buffer_names for a in attrs):
+        return None
+    lost = max(float((first.running_mean - data.running_mean).abs().max()),
+               float((first.running_var - data.running_var).abs().max()))
+    if lost == 0.0:
+        return None
+    import torch
+    kept = next((dt for dt in ("bfloat16", "float16", "float32") if all(
+        bool((t == t.to(getattr(torch, dt)).double()).all()) for t in (first.running_mean, first.running_var))), None)
+    if kept is None:
+        return None
+    # compare() starts each step from the statistics as stored; computed from them in their dtype, the result
+    # may carry that dtype's roundoff
+    r = _residual(sc, data, trace, replace(base, stats_dtype=kept), frozenset(f for f in fields if f in cmp.ratios))
+    if r > 1.0:
+        return None
+    return kept, (f"running statistics are plain attributes ({', '.join(attrs)}), not buffers: .to({sc.param_dtype}) "
+                  f"left them in {kept} (the initial values written come back off by up to {lost:.3g}); with "
+                  f"{kept} roundoff for what is computed from them, the oracle matches to {r:.2g} x budget")
+
+
+def _explained_without_error(impl, sc: Scenario, data, trace, fields, base: Knobs, exhaustive: bool):
+    """No error where torch raises (one value per channel in training) can be a symptom: an implementation that
+    takes the wrong mode never reaches the check. If a larger batch shows a value bug whose knob setting, applied
+    here, makes the oracle accept this input too, that bug is the finding."""
+    bigger = sc.with_(shape=(max(sc.shape[0], 1) * 4,) + tuple(sc.shape[1:]), eps=max(sc.eps, 1e-5))
+    bdata = materialize(bigger)
+    btrace = execute.run(impl, bigger, bdata)
+    bcmp = compare(bigger, bdata, btrace, base)
+    if not bcmp.value_failures():
+        return None
+    failing = frozenset(d.field for d in bcmp.value_failures()) | frozenset(
+        f for f in fields if bcmp.ratios.get(f, 0.0) <= 1.0)
+    ids, flips, resid = explain(impl, bigger, bdata, btrace, failing, base, exhaustive=exhaustive)
+    if not ids:
+        return None
+    again = compare(sc, data, trace, replace(base, **flips))
+    if any(x.finding == "missing-error" for x in again.discrepancies):
+        return None
+    desc = ", ".join(f"{k}={v}" for k, v in flips.items())
+    return ids, flips, [f"on a batch of {bigger.shape[0]} the results match the oracle with {desc} to {resid:.2g} x "
+                        f"budget, and with that setting this input raises nothing either"]
 
 
 def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned_values: frozenset,
@@ -209,8 +311,17 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             fid, why = classify_crash(impl, sc, base)
             add(fid, d, [d.detail, why])
         elif d.finding == "nan-inf":
-            why = probe_cancellation(impl, sc, base) if sc.distribution in ("offset", "constant-channel") else None
-            add("cancellation" if why else "nan-inf", d, [d.detail] + ([why] if why else []))
+            fid, why = "nan-inf", None
+            if sc.distribution in ("offset", "constant-channel") and (why := probe_cancellation(impl, sc, base)):
+                fid = "cancellation"
+            elif (why := probe_low_precision(impl, sc, base)):   # e.g. a float16 sum that overflows
+                fid = "low-precision-accumulation"
+            add(fid, d, [d.detail] + ([why] if why else []))
+        elif d.finding == "missing-error" and d.detail.startswith("no error raised") and (
+                found := _explained_without_error(impl, sc, data, trace, owned_values, base, exhaustive)):
+            ids, flips, lines = found
+            for fid in ids:
+                add(fid, d, [d.detail] + lines, knobs=flips)
         elif d.finding == "missing-error" and d.detail.startswith("raises "):
             bigger = sc.with_(shape=(max(sc.shape[0], 1) * 4,) + tuple(sc.shape[1:]), eps=max(sc.eps, 1e-5))
             if _crashes(_run(impl, bigger, base)):
@@ -222,6 +333,10 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
     if drift_step is not None:   # the oracle cannot follow a state it cannot read: the drift is the cause
         if any(d.finding == "state-shape-drift" for d in cmp.discrepancies):
             values = [d for d in values if d.step < drift_step]
+    if values and (kept := _stored_lower_precision(impl, sc, data, trace, cmp, owned_values, base)):
+        worst = max(values, key=lambda d: d.ratio)
+        add("stats-not-buffers", worst, [worst.detail, kept[1]], knobs={"stats_dtype": kept[0]})
+        values = []
     if values and numeric_first:     # adversarial inputs: test the numeric hypotheses before the semantic ones
         worst = max(values, key=lambda d: d.ratio)
         for fid, probe in (("cancellation", probe_cancellation), ("low-precision-accumulation", probe_low_precision)):
@@ -232,7 +347,11 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 break
     if values:
         worst = max(values, key=lambda d: d.ratio)
-        ids, flips, resid = explain(impl, sc, data, trace, owned_values, base, exhaustive=exhaustive)
+        # a hypothesis must explain the failing value fields and keep the passing ones within budget; a field
+        # failing only structurally (e.g. no gradient at all) is named above, and no knob can bring it back
+        fields = frozenset({d.field for d in values} |
+                           {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})
+        ids, flips, resid = explain(impl, sc, data, trace, fields, base, exhaustive=exhaustive)
         if ids:
             desc = ", ".join(f"{k}={v}" for k, v in flips.items())
             for fid in ids:
@@ -244,6 +363,8 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 add("cancellation", worst, [worst.detail, why])
             elif (why := probe_low_precision(impl, sc, base)):
                 add("low-precision-accumulation", worst, [worst.detail, why])
+            elif (why := probe_rank(impl, sc, base)):
+                add("rank-unsupported", worst, [worst.detail, why])
             else:
                 desc = ", ".join(f"{k}={v}" for k, v in flips.items()) or "none"
                 add("output-mismatch", worst, [worst.detail, f"no catalog knob setting explains it; closest: {desc} "

@@ -30,10 +30,15 @@ class Knobs:
     update_stats: bool = True
     untracked_eval_stats: str = "batch"     # batch | zero-one  (eval with track_running_stats=False)
     affine_mode: str = "normal"             # normal | ignored | swapped | weight-only | bias-only | one-plus-weight
-    reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial
+    reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial |
+                                            # fixed-0-2-3: dims (0, 2, 3) whatever the rank
     detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
     detach_affine: bool = False             # weight/bias receive no gradient
     stats_broadcast: str = "channel"        # channel | last-axis: (C,) running stats broadcast against the last axis
+    # Not a semantic knob: the dtype an implementation keeps its running statistics in, once diagnosis has found
+    # it below the parameter dtype (plain attributes that .to() does not convert). The oracle ignores it;
+    # comparisons widen the budgets of everything computed from those statistics to that dtype's roundoff.
+    stats_dtype: str | None = None
 
     def flipped(self) -> dict:
         """The knobs that differ from torch's behaviour."""
@@ -84,6 +89,8 @@ class StepResult:
 
 def _dims(rank: int, reduction: str) -> list[int]:
     spatial = list(range(2, rank))
+    if reduction == "fixed-0-2-3":     # dims hard-coded for 4-d input, applied to any rank
+        return [d for d in (0, 2, 3) if d < rank]
     return {"torch": [0] + spatial, "batch-only": [0], "per-sample": spatial}[reduction]
 
 
@@ -176,10 +183,16 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         else:
             center, var = st.running_mean.view(shape), st.running_var.view(shape)
     eps = cfg.eps if knobs.eps_override is None else knobs.eps_override
-    if knobs.eps_placement == "outside":
-        y = (x - center) / (torch.sqrt(var) + eps)
-    else:
-        y = (x - center) / torch.sqrt(var + eps)
+    try:
+        if knobs.eps_placement == "outside":
+            y = (x - center) / (torch.sqrt(var) + eps)
+        else:
+            y = (x - center) / torch.sqrt(var + eps)
+    except RuntimeError:
+        if knobs.stats_broadcast == "channel":
+            raise
+        res.error = "RuntimeError"     # last-axis broadcasting fails on this shape, as such an implementation does
+        return res
     if center.dim() == 1 and rank > 2:   # last-axis broadcast: report the per-channel values as stored
         res.center, res.var = center.detach(), var.detach()
     else:
@@ -206,7 +219,8 @@ def step(x: torch.Tensor, dy: torch.Tensor | None, weight, bias, state: State, c
     with torch.enable_grad() if grad_enabled else torch.no_grad():
         res = forward(x64, w, b, state, cfg, training=training, grad_enabled=grad_enabled, knobs=knobs)
     if res.error is None:
-        if grad_enabled and dy is not None and res.y.requires_grad:
+        # (a knob that broadcasts statistics against the wrong axis can change the output's shape: no gradients)
+        if grad_enabled and dy is not None and res.y.requires_grad and res.y.shape == dy.shape:
             res.y.backward(dy.detach().to(torch.float64))
             res.dx = x64.grad
             res.dweight = None if w is None else w.grad

@@ -60,6 +60,11 @@ PROPERTIES = [
                    offsets=(10.0, 100.0, 1e3, 1e4), shape_kw=dict(max_n=64, max_spatial=8, min_n=2, min_reduction=4,
                                                                     max_numel=8192)),
        values={"output", "running_mean", "running_var"}, targeted=True),
+    _p("edge-inputs", "zero-size batches and constant channels in train/eval sequences with gradients: finite "
+       "where torch is finite", S.scenarios(
+           step_seqs=S.steps(1, 3), momentum=st.just(0.1), distributions=("normal", "constant-channel"),
+           offsets=(0.0, 3.0), shape_kw=dict(max_n=4, max_spatial=3, min_reduction=0)),
+       values={"output", "running_mean", "running_var", "dx", "dweight", "dbias"}),
     _p("state", "buffers: registered, shaped (C,), no autograd history, input untouched", S.scenarios(
         step_seqs=S.steps(1, 3)), structural={"stats-not-buffers", "state-shape-drift", "running-stats-hold-graph",
                                               "input-mutated"}),

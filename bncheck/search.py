@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import hypothesis
-from hypothesis import HealthCheck, Phase, given, settings, target
+from hypothesis import HealthCheck, Phase, given, reject, settings, target
 
 from . import diagnose, execute
 from .compare import compare
@@ -56,6 +56,7 @@ class PropertyResult:
     findings: list = field(default_factory=list)
     worst: dict = field(default_factory=dict)        # dtype label -> worst ratio over value fields
     seconds: float = 0.0
+    base: Knobs = TORCH                               # the knob settings assumed at the end (earlier + named here)
 
 
 class PropertyFailure(AssertionError):
@@ -76,12 +77,14 @@ def dtype_label(sc: Scenario) -> str:
 
 
 def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
-                    device: str = "cpu", index: int = 0) -> PropertyResult:
+                    device: str = "cpu", index: int = 0, base: Knobs = TORCH,
+                    named: frozenset = frozenset()) -> PropertyResult:
+    """``base`` and ``named``: the knob settings and finding ids earlier properties established; this property
+    assumes them, so a bug named once is not re-diagnosed (and mis-named) in another property's scenarios."""
     conf = PROFILES[profile]
     res = PropertyResult(prop.name)
     t0 = time.monotonic()
-    base: Knobs = TORCH
-    ignore: set[str] = set()
+    ignore: set[str] = set(named)
     ignored_fields: set[str] = set()
     for rnd in range(conf["rounds"]):
         last = {}
@@ -109,9 +112,9 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             trace = execute.run(impl, sc, data)
             cmp = compare(sc, data, trace, base)
             res.cases += 1
-            if cmp.declined is not None:
+            if cmp.declined is not None:     # not a test of this implementation: Hypothesis draws another
                 res.declined += 1
-                return
+                reject()
             ratio = max((cmp.ratios.get(f, 0.0) for f in prop.values), default=0.0)
             label = dtype_label(sc)
             if not any(d.structural for d in cmp.discrepancies):
@@ -133,6 +136,8 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
         try:
             test()
             break                       # the property holds (given what earlier rounds named)
+        except hypothesis.errors.Unsatisfiable:
+            break                       # every scenario drawn was declined: nothing to hold against it
         except PropertyFailure:
             pass
         if "case" not in last:
@@ -142,7 +147,15 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
         named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, base, numeric_first=prop.targeted)
         new = [n for n in named if n.id not in ignore]
         if not new:
-            break
+            # named before (by an earlier property): assume it here too, and search on if that changes anything
+            before = (base, len(ignored_fields))
+            for n in named:
+                base = replace(base, **n.knobs)
+                if n.id in UNEXPLAINED:
+                    ignored_fields.update(d.field for d in owned if not d.structural)
+            if (base, len(ignored_fields)) == before:
+                break
+            continue
         for n in new:
             res.findings.append(Finding(n.id, prop.name, n.where, n.evidence, n.ratio, sc,
                                         script(impl.name, impl.source, n.id, n.where, sc)))
@@ -152,6 +165,7 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             if n.id in UNEXPLAINED:
                 ignored_fields.update(d.field for d in owned if not d.structural)
     res.seconds = time.monotonic() - t0
+    res.base = base
     return res
 
 
@@ -188,10 +202,12 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
     t0 = time.monotonic()
     results = []
+    base, named = TORCH, frozenset()
     for i, prop in enumerate(props):
         if on_property:
             on_property(prop.name, None)     # started
-        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i)
+        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, base=base, named=named)
+        base, named = r.base, named | {f.id for f in r.findings}
         results.append(r)
         if on_property:
             on_property(prop.name, r)

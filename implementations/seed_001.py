@@ -61,15 +61,13 @@ class BatchNorm(nn.Module):
     "seed-001",
     state={"weight": "gamma", "bias": "beta", "running_mean": "moving_mu", "running_var": "moving_var"},
     expect={
-        # verified against the code: keep-fraction momentum, is_grad_enabled() mode, biased moving var,
-        # gamma.data/beta.data, plain (1, C[, 1, 1]) attributes that keep the graph, ranks 3/5 fail to build,
-        # momentum=None raises, no error for one value per channel, float32 attributes promote half input
+        # verified against the code: keep-fraction momentum, is_grad_enabled() decides the mode, biased moving var,
+        # gamma.data/beta.data cut the affine gradients, plain (1, C[, 1, 1]) attributes (not buffers, left in
+        # float32 by .to(), and they keep the graph), ranks 3/5 fail, momentum=None raises, no error for one value
+        # per channel, float32 attributes promote half input
         "inverted-momentum", "mode-from-grad-mode", "biased-running-var", "no-grad-to-affine", "stats-not-buffers",
         "state-shape-drift", "running-stats-hold-graph", "rank-unsupported", "momentum-none", "missing-error",
         "dtype-promotion",
-        # as named today by the diagnosis on eval-with-grad examples (where the class trains): combinations that
-        # fit those examples; the float64 output mismatch comes from stats left in float32 by .to()
-        "eval-uses-batch-stats", "affine-wrong", "wrong-reduction-axes", "eps-ignored", "output-mismatch",
     },
 )
 def build(spec: bncheck.Spec) -> nn.Module:

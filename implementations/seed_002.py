@@ -77,8 +77,6 @@ class BatchNorm(nn.Module):
         # momentum=None raises, float32 buffers promote half input
         "eps-ignored", "biased-running-var", "state-shape-drift", "stats-broadcast-axis", "crash",
         "rank-unsupported", "momentum-none", "dtype-promotion",
-        # as named today: 4-D eval gradients through last-axis-broadcast statistics
-        "output-mismatch",
     })
 def build(spec: bncheck.Spec) -> nn.Module:
     return BatchNorm(spec.num_features, momentum=spec.momentum, affine=spec.affine,
