@@ -1,0 +1,85 @@
+"""Reports from plain data: verdicts, exit status, and the rendered Markdown against a golden file.
+
+Set ``BNCHECK_UPDATE_GOLDEN=1`` to rewrite the golden file after an intended change, then review its diff.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bncheck import report
+
+GOLDEN = Path(__file__).parent / "golden" / "report.md"
+
+
+def _finding(fid, prop="forward", ratio=12.5, repro="print('repro')"):
+    return {"id": fid, "property": prop, "where": "output after step 1 (train)",
+            "evidence": ["max |diff| 0.5 at (0, 1) = 12.5 x budget (0.04)", f"matches the oracle with {fid} | flipped"],
+            "error_ratio": ratio, "example": "shape=(4, 3) float32 contiguous", "scenario": "Scenario(...)",
+            "repro": repro}
+
+
+def _impl(name, findings=(), expect=(), kind="batchnorm", **extra):
+    r = {"name": name, "kind": kind, "origin": f"implementations/{name}.py", "expect": sorted(expect),
+         "cases": 120, "declined_cases": 3, "findings": list(findings),
+         "worst_ratio_by_dtype": {"float32": 0.25, "float16": None}, "properties": {},
+         "capabilities": {"rank 2": "yes", "float64": "declined: no float64"}, "seconds": 4.0}
+    r.update(extra)
+    return r
+
+
+def _report():
+    impls = [
+        _impl("clean-one"),
+        _impl("known-bugs", [_finding("inverted-momentum", "running-stats")], expect={"inverted-momentum"}),
+        _impl("surprise", [_finding("eps-ignored", ratio=None)], expect={"biased-running-var"}),
+        _impl("fold-ref", kind="fusion", capabilities={}),
+        _impl("sync-ref", kind="sync", capabilities={}, world_sizes=[2, 3]),
+    ]
+    env = {"bncheck": "0.1.0", "torch": "2.13.0+cpu", "profile": "default", "seed": 0}
+    errors = [{"origin": "implementations/broken.py", "message": "ImportError: no module named foo at broken.py:3"}]
+    return report.build(env, impls, errors, {"markdown": "| op | ms |\n|:--|--:|\n| fwd | 1.0 |"})
+
+
+def test_verdicts():
+    rep = _report()
+    v = {r["name"]: (r["verdict"], r["unexpected"], r["missing"]) for r in rep["implementations"]}
+    assert v["clean-one"] == ("clean", [], [])
+    assert v["known-bugs"] == ("as expected", [], [])
+    assert v["surprise"] == ("unexpected", ["eps-ignored"], ["biased-running-var"])
+    assert rep["exit_status"] == 1
+
+
+def test_exit_status_zero_only_when_all_as_declared():
+    env = {"profile": "quick"}
+    ok = report.build(env, [_impl("a"), _impl("b", [_finding("crash")], expect={"crash"})], [])
+    assert ok["exit_status"] == 0
+    assert report.build(env, [_impl("a")], [{"origin": "x.py", "message": "boom"}])["exit_status"] == 1
+    assert report.build(env, [_impl("a", expect={"crash"})], [])["exit_status"] == 1
+
+
+def test_markdown_matches_golden():
+    md = report.render_markdown(_report())
+    if os.environ.get("BNCHECK_UPDATE_GOLDEN"):
+        GOLDEN.write_text(md)
+    assert md == GOLDEN.read_text(), "rendered report differs from tests/golden/report.md"
+
+
+def test_markdown_sections_and_escaping():
+    md = report.render_markdown(_report())
+    for heading in ("## Plugins that failed to load", "## BatchNorm implementations", "## Fusion (conv-BN folding)",
+                    "## Distributed (synchronised BatchNorm)", "## Timings"):
+        assert heading in md
+    assert "World sizes: 2, 3." in md
+    assert "eps-ignored \\| flipped" in md            # a '|' inside a cell cannot break the table
+    assert "`bncheck repro known-bugs:inverted-momentum`" in md
+    assert md.index("## BatchNorm implementations") < md.index("## Fusion") < md.index("## Distributed")
+
+
+def test_write_is_json_roundtrip(tmp_path):
+    rep = _report()
+    md, js = report.write(rep, tmp_path)
+    assert json.loads(js.read_text()) == json.loads(json.dumps(rep))
+    assert md.read_text() == report.render_markdown(rep)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temporary files left behind
