@@ -48,6 +48,7 @@ def _worker(source: str, name: str, options: dict, q):
             return
         impl = reg.implementations[name]
         check = _check_function(impl.kind)
+        options = dict(options, on_partial=lambda partial: q.put(("partial", partial)))
         result = check(impl, on_property=lambda p, r: q.put(("progress", p)), **_accepted(check, options))
         result.setdefault("kind", impl.kind)
         q.put(("result", result))
@@ -55,11 +56,17 @@ def _worker(source: str, name: str, options: dict, q):
         q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
 
 
-def _failed(impl: Implementation, fid: str, evidence: str, prop: str) -> dict:
+def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: dict | None = None) -> dict:
+    """A crash/timeout finding; the properties finished before it (``partial``) are kept."""
+    finding = {"id": fid, "property": prop, "where": "worker", "evidence": [evidence], "error_ratio": None,
+               "example": "", "scenario": "", "repro": ""}
+    if partial is not None:
+        out = dict(partial, kind=impl.kind)
+        out["findings"] = [f for f in partial["findings"] if f["id"] != fid] + [finding]
+        return out
     return {"name": impl.name, "kind": impl.kind, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
             "declined_cases": 0, "worst_ratio_by_dtype": {}, "properties": {}, "capabilities": {},
-            "seconds": 0.0, "findings": [{"id": fid, "property": prop, "where": "worker", "evidence": [evidence],
-                                          "error_ratio": None, "example": "", "scenario": "", "repro": ""}]}
+            "seconds": 0.0, "findings": [finding]}
 
 
 class Progress:
@@ -93,6 +100,7 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
     pending = list(impls)
     running: dict[str, tuple] = {}
     results: dict[str, dict] = {}
+    partials: dict[str, dict | None] = {}
     progress = progress or Progress(len(impls))
     while pending or running:
         while pending and len(running) < max(1, jobs):
@@ -102,6 +110,7 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
             p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=impl.kind != "sync")
             p.start()
             running[impl.name] = (impl, p, q, time.monotonic(), "starting")
+            partials[impl.name] = None
         for name, (impl, p, q, last, current) in list(running.items()):
             done = None
             try:
@@ -111,21 +120,23 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
                         last, current = time.monotonic(), payload
                         running[name] = (impl, p, q, last, current)
                         progress.show(name, payload)
+                    elif kind == "partial":
+                        partials[name] = payload
                     elif kind == "result":
                         done = payload
                         break
                     else:
-                        done = _failed(impl, "crash", payload, current)
+                        done = _failed(impl, "crash", payload, current, partials[name])
                         break
             except queue.Empty:
                 pass
             if done is None and not p.is_alive():
                 done = _failed(impl, "crash", f"worker process died (exit code {p.exitcode}) while checking "
-                                              f"{current!r}", current)
+                                              f"{current!r}", current, partials[name])
             if done is None and time.monotonic() - last > timeout_s:
                 p.kill()
                 done = _failed(impl, "timeout", f"no progress for {timeout_s:.0f} s while checking {current!r}; "
-                                                f"worker killed", current)
+                                                f"worker killed", current, partials[name])
             if done is not None:
                 p.join(timeout=5)
                 results[name] = done

@@ -197,8 +197,10 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
 
 
 def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
-                         properties=None, on_property=None) -> dict:
-    """Search every property; returns a plain (JSON-ready) result for the report."""
+                         properties=None, on_property=None, on_partial=None) -> dict:
+    """Search every property; returns a plain (JSON-ready) result for the report.
+
+    ``on_partial(result)`` receives the result so far after each property (what survives a later hang)."""
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
     t0 = time.monotonic()
     results = []
@@ -211,6 +213,8 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
         results.append(r)
         if on_property:
             on_property(prop.name, r)
+        if on_partial:
+            on_partial(summarize(impl, results, {}, time.monotonic() - t0))
     return summarize(impl, results, capabilities(impl, device), time.monotonic() - t0)
 
 

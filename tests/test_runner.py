@@ -26,3 +26,13 @@ def test_crash_hang_death_and_import_failure_are_findings_and_the_run_goes_on():
     died = out["bad-dying"]["findings"]
     assert [f["id"] for f in died] == ["crash"] and "exit code 3" in died[0]["evidence"][0]
     assert out["torch-bn2d"]["findings"] == [] and out["torch-bn2d"]["cases"] > 0
+
+
+def test_a_late_hang_keeps_the_properties_finished_before_it():
+    reg = discover(plugin_dirs=[BAD], entry_points=False)
+    impl = reg.implementations["bad-hanging-late"]
+    (r,) = runner.run_all([impl], jobs=1, timeout_s=15, profile="quick", seed=0,
+                          properties=["forward", "modes", "dtypes-layouts"])
+    assert [f["id"] for f in r["findings"]] == ["timeout"]
+    assert "dtypes-layouts" in r["findings"][0]["evidence"][0]
+    assert set(r["properties"]) == {"forward", "modes"} and r["cases"] > 0
