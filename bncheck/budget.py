@@ -16,13 +16,17 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     dweight     K * g(n) * [u_in * cond_c * sum|dy| (1 + |xhat|) + u_p * |dweight|]
     dbias       K * g(n) * [u_in * sum|dy| + u_p * |dbias|]
 
+    fused conv  K * g(n) * u * [(|W'| conv |x|)_e + |s_c b_c| + |s_c mean_c| + |beta_c|] + K * u * |y_e|
+                (a folded conv-BN, ``bncheck.fusion_check``: u of the conv's dtype, n = C_in/groups * prod(kernel) + 1;
+                covers rounding W' and b' to the dtype and the conv's own accumulation, even where b' cancels)
+
 u_in is the input dtype's roundoff: a correct implementation may round intermediates (x - mean, the mean
 itself) to the input precision, but must accumulate reductions in float32 or better. A reduction accumulated in
 float16 grows like n * u_half and an E[x^2]-E[x]^2 variance like u * mean^2 / var: both leave this budget as n or
 |mean|/std grows, which is what ``cancellation`` and ``low-precision-accumulation`` findings rest on.
 
 K = 8 covers the constant factors of the individual roundings (each term above stands for a handful of
-operations). The model is cross-checked against torch's native kernels in ``tests/test_budget.py``: torch's own
+operations). The model is cross-checked against torch's native kernels in ``tests/test_oracle.py``: torch's own
 error versus the oracle must stay below one budget on every generated scenario, and the report shows torch's
 worst ratio next to each implementation's.
 """
@@ -115,3 +119,12 @@ def bias_grad(dy, db_ref, n, u_in, u_p):
     dims = _dims(dy.dim())
     total = dy.abs().sum(dims) if dy.numel() else db_ref.new_zeros(db_ref.shape)
     return K * growth(n) * (u_in * total + u_p * db_ref.abs()) + TINY
+
+
+def fused_output(magnitude, y_ref, n, u_):
+    """Per-element budget for a folded convolution's output (float64 tensors).
+
+    ``magnitude``: per element, the sum over the convolution of |W'|*|x| plus the per-channel sum of |terms| that
+    make up b' (|s*b| + |s*mean| + |beta|); ``n``: the conv's reduction size.
+    """
+    return K * growth(n) * u_ * magnitude + K * u_ * y_ref.abs() + TINY

@@ -358,7 +358,7 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 add(fid, worst, [worst.detail, f"matches the oracle with {desc} to {resid:.2g} x budget"],
                     knobs=flips)
         else:
-            why = probe_cancellation(impl, sc, base) or None
+            why = probe_cancellation(impl, sc, base)
             if why:
                 add("cancellation", worst, [worst.detail, why])
             elif (why := probe_low_precision(impl, sc, base)):

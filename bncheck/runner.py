@@ -22,7 +22,7 @@ PROPERTY_TIMEOUT_S = 240.0      # no progress for this long: the implementation 
 # check does not take are left out (e.g. ``world_sizes`` only reaches the distributed check).
 CHECKS = {
     "batchnorm": ("bncheck.search", "check_implementation"),
-    "fusion": ("bncheck.fusion", "check_fusion"),
+    "fusion": ("bncheck.fusion_check", "check_fusion"),
     "sync": ("bncheck.distributed", "check_sync"),
 }
 

@@ -1,0 +1,260 @@
+"""The conv-BN fusion check: references clean, the seed fold and every zoo mutant named, budgets cross-checked
+against torch, both plugin forms adapted, bad plugins reported as findings."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, seed, settings
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+
+import bncheck
+from bncheck.fold import fold_conv_bn, fold_weights
+from bncheck.fusion_check import check_fusion
+from bncheck.fusion_cases import (FoldScenario, evaluate, fold_scenarios, materialize, module_fold, oracle_output,
+                                  weights_fold)
+from bncheck.registry import Registry, discover
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from zoo.fusion_mutants import CORRECT, MUTANTS     # noqa: E402
+ZOO = ROOT / "tests" / "zoo" / "fusion_plugins.py"
+KEYS = {"name", "kind", "origin", "expect", "cases", "declined_cases", "findings", "worst_ratio_by_dtype",
+        "properties", "capabilities", "seconds"}
+FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro"}
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    reg = discover(plugin_dirs=[ROOT / "implementations"], plugin_files=[ZOO], entry_points=False)
+    assert not reg.errors, reg.errors
+    return reg.implementations
+
+
+@pytest.fixture(scope="module")
+def seed_result(plugins):
+    return check_fusion(plugins["seed-000-fold"], profile="default", seed=0)
+
+
+def _ids(result) -> set:
+    return {f["id"] for f in result["findings"]}
+
+
+def _torch_fold(conv, bn):
+    return fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, torch.nn.modules.conv._ConvTransposeNd))
+
+
+# -- the bundled plugins ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["torch-fuse-conv-bn", "bncheck-fold"])
+def test_reference_folds_are_clean(plugins, name):
+    r = check_fusion(plugins[name], profile="default", seed=0)
+    assert set(r) == KEYS and r["kind"] == "fusion"
+    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
+    assert r["cases"] - r["declined_cases"] >= 200
+    assert set(r["worst_ratio_by_dtype"]) == {"float16", "float32", "float64"}
+    assert all(0 < v < 0.5 for v in r["worst_ratio_by_dtype"].values()), r["worst_ratio_by_dtype"]
+    json.dumps(r)
+
+
+def test_torch_declines_only_grouped_transposed(plugins):
+    caps = check_fusion(plugins["torch-fuse-conv-bn"], profile="quick", seed=0)["capabilities"]
+    assert caps.pop("ConvTranspose2d groups").startswith("declined: grouped ConvTranspose")
+    assert set(caps.values()) == {"yes"}
+
+
+def test_seed_000_fold_has_exactly_its_expected_findings(plugins, seed_result):
+    r = seed_result
+    assert _ids(r) == set(plugins["seed-000-fold"].expect) == {
+        "fold-transposed-axis", "fold-bias-none-crash", "rank-unsupported", "crash", "fold-wrong-module"}
+    by_id = {f["id"]: f for f in r["findings"]}
+    for f in r["findings"]:
+        assert set(f) == FINDING_KEYS and f["evidence"] and f["repro"] and f["example"]
+        assert eval(f["scenario"], {"FoldScenario": FoldScenario}).describe() == f["example"]
+    assert "affine=False" in by_id["crash"]["example"] and "'NoneType'" in by_id["crash"]["evidence"][0]
+    assert "bias=False" in by_id["fold-bias-none-crash"]["example"]
+    assert by_id["fold-transposed-axis"]["example"].startswith("ConvTranspose")
+    assert by_id["fold-wrong-module"]["example"].startswith("Conv2d(1->1")      # b_.squeeze() of one channel
+    assert "shape ()" in by_id["fold-wrong-module"]["evidence"][0]
+    assert by_id["rank-unsupported"]["example"].startswith(("Conv1d", "Conv3d"))
+    # where the formula holds: plain Conv2d with bias, groups, float16 all pass, and its worst error is small
+    assert r["capabilities"]["Conv2d"] == r["capabilities"]["groups"] == r["capabilities"]["float16"] == "yes"
+    assert all(v < 1 for v in r["worst_ratio_by_dtype"].values())
+
+
+def test_a_knob_explanation_reads_like_the_style_guide(seed_result):
+    f = {f["id"]: f for f in seed_result["findings"]}["fold-transposed-axis"]
+    assert f["property"] == "fold-output" and f["where"] == "fused(x)" and f["error_ratio"] > 1
+    diff, why = f["evidence"]
+    assert diff.startswith("max |diff| ") and " x budget (" in diff and "elements over budget" in diff
+    assert why.startswith("matches the fold reference with the scale applied along weight axis 0")
+
+
+def test_repro_script_runs_standalone_and_reproduces(seed_result, tmp_path):
+    f = {f["id"]: f for f in seed_result["findings"]}["fold-bias-none-crash"]
+    path = tmp_path / "repro.py"
+    path.write_text(f["repro"])
+    proc = subprocess.run([sys.executable, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "NoneType" in proc.stdout
+
+
+# -- the mutant zoo ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [f"zoo-fold-correct-{n}" for n in CORRECT])
+def test_correct_zoo_folds_are_clean(plugins, name):
+    r = check_fusion(plugins[name], profile="quick", seed=0)
+    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
+
+
+@pytest.mark.parametrize("name,finding", sorted((f"zoo-fold-{n}", c.finding) for n, c in MUTANTS.items()))
+def test_each_mutant_is_caught_and_named(plugins, name, finding):
+    r = check_fusion(plugins[name], profile="default", seed=0)
+    assert _ids(r) == {finding}, [(f["id"], f["evidence"], f["example"]) for f in r["findings"]]
+
+
+# -- budget cross-check -----------------------------------------------------------------------------------------
+
+def test_torch_fold_stays_well_within_budget():
+    worst = {}
+
+    @seed(20240607)
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(fold_scenarios())
+    def sweep(sc):
+        if sc.transposed and sc.groups > 1:          # pytorch/pytorch#180995: torch cannot fold these
+            return
+        for fold in (_torch_fold, fold_conv_bn):
+            out = evaluate(fold, sc)
+            if out.unrepresentable:
+                return
+            assert out.problems == [] and out.ratio < 0.5, (fold, sc.describe(), out.problems, out.ratio)
+            worst[sc.dtype] = max(worst.get(sc.dtype, 0.0), out.ratio)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep()
+    finally:
+        torch.set_num_threads(threads)
+    assert set(worst) == {"float16", "float32", "float64"} and min(worst.values()) > 1e-3, worst
+
+
+def test_budget_is_tight_enough_to_see_a_small_error():
+    """A fold whose W' is off by a relative 1e-5 (about 170 float32 ulps) is over budget; exact is not."""
+    sc = FoldScenario(c_in=3, c_out=3, kernel=(3, 3), spatial=(5, 5), seed=3)
+
+    def off(conv, bn):
+        fused = fold_conv_bn(conv, bn)
+        with torch.no_grad():
+            fused.weight.mul_(1 + 1e-5)
+        return fused
+    assert evaluate(fold_conv_bn, sc).ratio < 0.5
+    bad = evaluate(off, sc)
+    assert bad.ratio > 1 and bad.problems[0].category == "value"
+
+
+# -- adapters and forms -----------------------------------------------------------------------------------------
+
+PAIRS = [FoldScenario(), FoldScenario(transposed=True, c_in=2, c_out=4, bias=False),
+         FoldScenario(transposed=True, c_in=4, c_out=6, groups=2, affine=False),
+         FoldScenario(dim=1, kernel=(3,), stride=(2,), padding=(1,), dilation=(1,), output_padding=(0,),
+                      spatial=(7,), groups=2, c_in=2, c_out=4, dtype="float64")]
+
+
+@pytest.mark.parametrize("sc", PAIRS, ids=lambda s: s.describe()[:40])
+def test_module_form_used_as_weights_form_matches_torch(plugins, sc):
+    conv, bn, _ = materialize(sc)
+    transposed = isinstance(conv, torch.nn.modules.conv._ConvTransposeNd)
+    args = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, transposed)
+    w, b = weights_fold(plugins["bncheck-fold"])(*args)
+    assert w.shape == conv.weight.shape and b.shape == (sc.c_out,) and w.dtype == conv.weight.dtype
+    assert torch.equal(w, fold_weights(*args)[0]) and torch.equal(b, fold_weights(*args)[1])
+    if not (transposed and sc.groups > 1):
+        tw, tb = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                      bn.bias, transpose=transposed)
+        torch.testing.assert_close(w, tw.detach())
+        torch.testing.assert_close(b, tb.detach())
+
+
+@pytest.mark.parametrize("sc", PAIRS, ids=lambda s: s.describe()[:40])
+def test_weights_form_used_as_module_form_computes_bn_of_conv(plugins, sc):
+    conv, bn, x = materialize(sc)
+    fused = module_fold(plugins["zoo-fold-correct-weights"])(conv, bn)
+    assert type(fused) is type(conv) and fused.weight.shape == conv.weight.shape
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).double(), oracle_output(conv, bn, x),
+                                   rtol=1e-4 if sc.dtype == "float32" else 1e-9, atol=1e-4)
+
+
+def test_form_is_read_from_the_signature():
+    reg = Registry()
+    with reg._loading("test", "module:test"):
+        @bncheck.fusion("t-weights")
+        def w(W, b, running_mean, running_var, weight, bias, eps, transposed):
+            return fold_weights(W, b, running_mean, running_var, weight, bias, eps, transposed)
+
+        @bncheck.fusion("t-module", expect={"crash"})
+        def m(conv, bn):
+            return fold_conv_bn(conv, bn)
+    assert reg.implementations["t-weights"].options["form"] == "weights"
+    assert reg.implementations["t-module"].options["form"] == "module"
+    assert reg.implementations["t-module"].kind == "fusion" and reg.implementations["t-module"].expect == {"crash"}
+
+
+# -- bad plugins ------------------------------------------------------------------------------------------------
+
+def _impl(fn, name="bad", form=None):
+    reg = Registry()
+    with reg._loading("tests/test_fusion.py", "module:tests.test_fusion"):
+        bncheck.fusion(name, form=form)(fn)
+    return reg.implementations[name]
+
+
+def test_a_fold_that_raises_is_a_crash_finding():
+    def boom(conv, bn):
+        raise RuntimeError("fold exploded")
+    r = check_fusion(_impl(boom), profile="quick", seed=0)
+    assert _ids(r) == {"crash"}
+    assert "fold exploded" in r["findings"][0]["evidence"][0]
+    assert set(r["capabilities"].values()) == {"build error: RuntimeError: fold exploded"}
+
+
+@pytest.mark.parametrize("returns", ["a string", None, "three"])
+def test_a_fold_returning_the_wrong_type_is_a_finding(returns):
+    if returns == "three":
+        def fold(W, b, running_mean, running_var, weight, bias, eps, transposed):
+            return W, b, eps
+    else:
+        def fold(conv, bn):
+            return returns
+    r = check_fusion(_impl(fold), profile="quick", seed=0)
+    assert _ids(r) == {"fold-wrong-module"}
+    ev = r["findings"][0]["evidence"][0]
+    assert ("not a (W', b') pair" in ev) if returns == "three" else ("not a module" in ev)
+
+
+def test_unsupported_is_declined_not_a_finding():
+    def picky(conv, bn):
+        if conv.groups > 1:
+            raise bncheck.Unsupported("no groups here")
+        return fold_conv_bn(conv, bn)
+    r = check_fusion(_impl(picky), profile="quick", seed=0)
+    assert r["findings"] == [] and r["declined_cases"] > 0
+    assert r["capabilities"]["groups"] == "declined: no groups here"
+
+
+def test_property_heartbeats_and_json_shape(plugins):
+    seen, partial = [], []
+    r = check_fusion(plugins["bncheck-fold"], profile="quick", seed=1, on_property=lambda p, res: seen.append(
+        (p, res is None)), on_partial=partial.append)
+    assert seen == [("fold-output", True), ("fold-output", False), ("fold-module", True), ("fold-module", False)]
+    assert [list(p["properties"]) for p in partial] == [["fold-output"], ["fold-output", "fold-module"]]
+    assert set(partial[0]) == KEYS and partial[0]["kind"] == "fusion"
+    assert set(r["properties"]) == {"fold-output", "fold-module"}
+    assert all(set(v) == {"cases", "findings", "seconds"} for v in r["properties"].values())
+    assert isinstance(r["seconds"], float) and not math.isnan(r["seconds"])
