@@ -1,0 +1,368 @@
+"""The float64 sync reference: BatchNorm over the concatenated batch of all ranks, with knobs, and the comparison.
+
+``SyncKnobs()`` is torch semantics (BATCHNORM_SEMANTICS.md, "Synchronised BatchNorm"): every rank's output, input
+gradient and running statistics equal single-process BatchNorm on the whole batch. Each flipped knob is a
+hypothesis about a distributed bug, computed from the shards the ranks actually saw:
+
+    var_merge   exact | mean-of-variances   global var = sum a_r (var_r + (mean_r - mean)^2)  |  sum a_r var_r
+    weighting   count | unweighted          rank weights a_r = n_r / N  |  1 / R (means and variances)
+    unbias      global | local              running_var correction n / (n - 1) with the global N | the rank's n_r
+    grad_sums   reduced | local | local-mean   dx from sum dy, sum dy*xhat over all ranks / over the rank's shard
+                                            (divided by N, as an autograd through a non-differentiable
+                                            all_reduce gives; or by n_r)
+    backward    formula | autograd          dx by the closed form with the statistics in use | the exact
+                                            derivative of the (knobbed) forward; identical under torch knobs
+
+What is compared, for every rank r and step (step-local: each rank's running statistics before a step are the
+ones it reported, so a divergence is pinned to the step that made it):
+
+* output, input gradient: rank r's slice of the global result;
+* running_mean, running_var, num_batches_tracked: on every rank (they must agree with the global update);
+* weight/bias gradients: torch.nn.SyncBatchNorm leaves each rank its *local* contribution (sum over its shard of
+  dy * xhat, dy, with the global statistics) and data parallelism (DDP) all-reduces them. Either convention is
+  accepted: every rank holds its local contribution (so the sum over ranks is the global gradient), or every rank
+  already holds the global gradient. Anything else is a discrepancy.
+
+Budgets come from ``bncheck.budget`` with the *global* reduction size N (g(N) = 1 + log2(1 + N) covers the
+cross-rank merge, itself a reduction over R <= N terms) and the global statistics' conditioning.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from . import budget as B
+from .compare import Comparison, _values
+from .scenario import DTYPES
+
+FIELDS = ("output", "dx", "dweight", "dbias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class SyncKnobs:
+    var_merge: str = "exact"
+    weighting: str = "count"
+    unbias: str = "global"
+    grad_sums: str = "reduced"
+    backward: str = "formula"
+
+    def flipped(self) -> dict:
+        base = SyncKnobs()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(base, f.name)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.flipped().items()) or "torch semantics"
+
+
+TORCH_SYNC = SyncKnobs()
+
+
+@dataclass(frozen=True)
+class SyncScenario:
+    """One distributed test case: the shards of each rank, the module configuration and the step sequence."""
+    shards: tuple = (2, 2)            # local batch size of each rank; world size = len(shards)
+    channels: int = 3
+    spatial: tuple = ()               # input rank = 2 + len(spatial)
+    dtype: str = "float32"            # input, parameter and buffer dtype
+    steps: tuple = (True,)            # True: a train step, False: an eval step (each with backward)
+    momentum: float | None = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+    offset: float = 0.0               # channel mean magnitude (large-offset inputs when >> 1)
+    rank_shift: float = 0.0           # each rank's mean shifted by this many channel standard deviations
+    seed: int = 0
+    device: str = field(default="cpu", compare=False)
+
+    def __post_init__(self):
+        if not self.shards or any(n < 0 for n in self.shards):
+            raise ValueError(f"SyncScenario.shards={self.shards}: one non-negative batch size per rank")
+        if len(self.spatial) > 3:
+            raise ValueError(f"SyncScenario.spatial={self.spatial}: at most 3 spatial axes (input rank 5)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"SyncScenario.dtype={self.dtype!r}: one of {list(DTYPES)}")
+
+    @property
+    def world_size(self) -> int:
+        return len(self.shards)
+
+    @property
+    def rank(self) -> int:
+        return 2 + len(self.spatial)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def count(self, r: int | None = None) -> int:
+        """Values per channel on rank r (or over all ranks)."""
+        n = sum(self.shards) if r is None else self.shards[r]
+        return n * math.prod(self.spatial)
+
+    def shape(self, r: int | None = None) -> tuple:
+        return (sum(self.shards) if r is None else self.shards[r], self.channels) + tuple(self.spatial)
+
+    def spec_kwargs(self) -> dict:
+        return dict(num_features=self.channels, ndim=self.rank, eps=self.eps, momentum=self.momentum,
+                    affine=self.affine, track_running_stats=True)
+
+    def describe(self) -> str:
+        steps = " ".join("train" if s else "eval" for s in self.steps)
+        extra = (f" offset={self.offset:g}" if self.offset else "") + \
+            (f" rank_shift={self.rank_shift:g}" if self.rank_shift else "")
+        return (f"world size {self.world_size}, shards {tuple(self.shards)} (global batch {sum(self.shards)}), "
+                f"input {self.shape()} {self.dtype} momentum={self.momentum} eps={self.eps:g} affine={self.affine} "
+                f"steps=[{steps}]{extra}")
+
+
+@dataclass
+class SyncData:
+    xs: list            # per step: global input, float64 values exactly representable in the dtype
+    dys: list
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+
+def shard(sc: SyncScenario, t: torch.Tensor, r: int) -> torch.Tensor:
+    """Rank r's slice (along the batch axis) of a global tensor."""
+    start = sum(sc.shards[:r])
+    return t[start:start + sc.shards[r]]
+
+
+def materialize(sc: SyncScenario) -> SyncData:
+    g = torch.Generator().manual_seed(sc.seed)
+    c, dt = sc.channels, sc.torch_dtype
+    view = (1, c) + (1,) * len(sc.spatial)
+
+    def rand(*s):
+        return torch.rand(*s, generator=g, dtype=torch.float64)
+
+    def randn(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    sign = torch.where(rand(c) < 0.5, -1.0, 1.0)
+    mu = sign * sc.offset * (0.5 + 0.5 * rand(c)) if sc.offset else 0.5 * randn(c)
+    sigma = 0.5 + 1.5 * rand(c)
+    xs, dys = [], []
+    for _ in sc.steps:
+        parts = []
+        for r in range(sc.world_size):
+            shift = sc.rank_shift * sigma * randn(c)
+            z = randn(*sc.shape(r))
+            parts.append((mu + shift).view(view) + sigma.view(view) * z)
+        xs.append(torch.cat(parts).to(dt).double())
+        dys.append(randn(*sc.shape()).to(dt).double())
+    weight = (sign * (0.5 + rand(c))).to(dt).double()
+    bias = randn(c).to(dt).double()
+    running_mean = (0.5 * randn(c)).to(dt).double()
+    running_var = (0.5 + 1.5 * rand(c)).to(dt).double()
+    return SyncData(xs, dys, weight, bias, running_mean, running_var)
+
+
+# -- the reference ----------------------------------------------------------------------------------------------
+
+def _chan(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _v(t: torch.Tensor, rank: int) -> torch.Tensor:
+    return t.view((1, -1) + (1,) * (rank - 2))
+
+
+def merge(xs: list, knobs: SyncKnobs):
+    """Global (mean, biased var) per channel from the rank shards, under the knobs (differentiable)."""
+    counts = [_chan(x).shape[1] for x in xs]
+    total = sum(counts)
+    live = [(x, n) for x, n in zip(xs, counts) if n]
+    means = [_chan(x).mean(1) for x, _ in live]
+    vars_ = [((_chan(x) - m[:, None]) ** 2).mean(1) for (x, _), m in zip(live, means)]
+    a = [n / total if knobs.weighting == "count" else 1.0 / len(live) for _, n in live]
+    mean = sum(ai * m for ai, m in zip(a, means))
+    var = sum(ai * v for ai, v in zip(a, vars_))
+    if knobs.var_merge == "exact":
+        var = var + sum(ai * (m - mean) ** 2 for ai, m in zip(a, means))
+    return mean, var
+
+
+@dataclass
+class Expected:
+    """One rank's expected values for one step (float64), with per-element budgets."""
+    values: dict = field(default_factory=dict)     # field -> tensor or int
+    budgets: dict = field(default_factory=dict)    # field -> tensor
+    reduced: dict = field(default_factory=dict)    # dweight/dbias under the 'already reduced' convention: (ref, bud)
+
+
+def step(sc: SyncScenario, x: torch.Tensor, dy: torch.Tensor, weight, bias, befores: list, train: bool,
+         knobs: SyncKnobs = TORCH_SYNC) -> list[Expected]:
+    """Every rank's expected results for one step. ``befores[r]`` = (running_mean, running_var, nbt) of rank r
+    before the step (float64 tensors, int)."""
+    R, rank, u = sc.world_size, sc.rank, B.u(sc.torch_dtype)
+    xs = [shard(sc, x, r) for r in range(R)]
+    dys = [shard(sc, dy, r) for r in range(R)]
+    w = weight if sc.affine else None
+    b = bias if sc.affine else None
+    N = sc.count()
+    out = [Expected() for _ in range(R)]
+    if train:
+        leaves = [t.clone().requires_grad_(knobs.backward == "autograd") for t in xs]
+        with torch.enable_grad():
+            mean, var = merge(leaves, knobs)
+            invstd = torch.rsqrt(var + sc.eps)
+            xhats = [(t - _v(mean, rank)) * _v(invstd, rank) for t in leaves]
+            ys = [xh * _v(w, rank) + _v(b, rank) if sc.affine else xh for xh in xhats]
+        if knobs.backward == "autograd":
+            total = sum((y * d).sum() for y, d in zip(ys, dys))
+            dxs = list(torch.autograd.grad(total, leaves)) if total.requires_grad else [torch.zeros_like(t) for t in xs]
+        mean, var, invstd = mean.detach(), var.detach(), invstd.detach()
+        xhats, ys = [t.detach() for t in xhats], [t.detach() for t in ys]
+        if knobs.backward != "autograd":
+            dims = [0] + list(range(2, rank))
+            loc = [(d.sum(dims), (d * xh).sum(dims)) for d, xh in zip(dys, xhats)]
+            glob = (sum(s for s, _ in loc), sum(s for _, s in loc))
+            scale = invstd * (w if w is not None else 1.0)
+            dxs = []
+            for r in range(R):
+                sums, cnt = {"reduced": (glob, N), "local": (loc[r], N),
+                             "local-mean": (loc[r], max(sc.count(r), 1))}[knobs.grad_sums]
+                dxs.append(_v(scale, rank) * (dys[r] - _v(sums[0] / cnt, rank) - xhats[r] * _v(sums[1] / cnt, rank)))
+        centers = [mean] * R
+        variances = [var] * R
+        yg, dxg = torch.cat(ys), torch.cat(dxs)
+        bud_y = B.output(x, yg, mean, var, sc.eps, w, b, N, u, u)
+        bud_dx = B.input_grad(x, dy, dxg, mean, var, sc.eps, w, N, u, u, True)
+        for r in range(R):
+            out[r].values["output"], out[r].values["dx"] = ys[r], dxs[r]
+            out[r].budgets["output"] = shard(sc, bud_y, r)
+            out[r].budgets["dx"] = shard(sc, bud_dx, r)
+            rm, rv, nbt = befores[r]
+            f = sc.momentum if sc.momentum is not None else 1.0 / (nbt + 1)
+            n_unb = N if knobs.unbias == "global" else sc.count(r)
+            unb = var * n_unb / (n_unb - 1) if n_unb > 1 else var * math.inf
+            new_rm, new_rv = (1 - f) * rm + f * mean, (1 - f) * rv + f * unb
+            out[r].values.update(running_mean=new_rm, running_var=new_rv, num_batches_tracked=nbt + 1)
+            out[r].budgets["running_mean"] = B.running_mean(rm, new_rm, mean, var, f, N, u, u)
+            out[r].budgets["running_var"] = B.running_var(rv, new_rv, mean, var, f, N, u, u)
+    else:
+        centers, variances = [], []
+        for r in range(R):
+            rm, rv, nbt = befores[r]
+            invstd = torch.rsqrt(rv + sc.eps)
+            xh = (xs[r] - _v(rm, rank)) * _v(invstd, rank)
+            y = xh * _v(w, rank) + _v(b, rank) if sc.affine else xh
+            dxr = dys[r] * _v(invstd * (w if w is not None else 1.0), rank)
+            out[r].values.update(output=y, dx=dxr, running_mean=rm, running_var=rv, num_batches_tracked=nbt)
+            out[r].budgets["output"] = B.output(xs[r], y, rm, rv, sc.eps, w, b, 1, u, u)
+            out[r].budgets["dx"] = B.input_grad(xs[r], dys[r], dxr, rm, rv, sc.eps, w, 1, u, u, False)
+            out[r].budgets["running_mean"] = B.running_mean(rm, rm, rm, rv, 0.0, 1, u, u)
+            out[r].budgets["running_var"] = B.running_var(rv, rv, rm, rv, 0.0, 1, u, u)
+            centers.append(rm)
+            variances.append(rv)
+    if sc.affine:
+        dims = [0] + list(range(2, rank))
+        for r in range(R):
+            s = torch.rsqrt(variances[r] + sc.eps)
+            xh = (xs[r] - _v(centers[r], rank)) * _v(s, rank)
+            dw, db = (dys[r] * xh).sum(dims), dys[r].sum(dims)
+            out[r].values.update(dweight=dw, dbias=db)
+            out[r].budgets["dweight"] = B.weight_grad(xs[r], dys[r], dw, centers[r], variances[r], sc.eps, N, u, u)
+            out[r].budgets["dbias"] = B.bias_grad(dys[r], db, N, u, u)
+        for key in ("dweight", "dbias"):
+            ref = sum(o.values[key] for o in out)
+            bud = sum(o.budgets[key] for o in out)
+            for o in out:
+                o.reduced[key] = (ref, bud)
+    return out
+
+
+# -- comparison ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class SyncDiscrepancy:
+    step: int
+    rank: int
+    field: str
+    ratio: float
+    detail: str
+
+    def where(self, sc: SyncScenario) -> str:
+        mode = "train" if sc.steps[self.step] else "eval"
+        return f"{self.field} on rank {self.rank} after step {self.step + 1} ({mode})"
+
+
+@dataclass
+class SyncComparison:
+    discrepancies: list = field(default_factory=list)
+    ratios: dict = field(default_factory=dict)       # field -> worst ratio over ranks and steps
+    grad_convention: str = "local"                   # weight/bias grads: local contributions | already reduced
+
+    def failing(self, owned) -> list:
+        return [d for d in self.discrepancies if d.field in owned]
+
+    def worst(self, owned) -> float:
+        return max((self.ratios.get(f, 0.0) for f in owned), default=0.0)
+
+
+def _t(a) -> torch.Tensor | None:
+    return None if a is None else torch.as_tensor(a).to(torch.float64)
+
+
+def _cmp(k: int, r: int, name: str, got, ref, bud, dtype) -> tuple[float, list]:
+    if bud is not None:            # an infinite reference (n / (n - 1) with n = 1) must be met exactly, not by inf/inf
+        bud = torch.where(torch.isfinite(bud), bud, torch.full_like(bud, B.TINY))
+    tmp = Comparison()
+    _values(tmp, k, name, got, ref, bud, dtype)
+    return tmp.ratios.get(name, 0.0), [SyncDiscrepancy(k, r, name, d.ratio, d.detail) for d in tmp.discrepancies]
+
+
+def compare(sc: SyncScenario, data: SyncData, observed: list, knobs: SyncKnobs = TORCH_SYNC) -> SyncComparison:
+    """``observed[r]`` is rank r's result (``bncheck.ranks.run_shard``); compared step by step, rank by rank."""
+    cmp = SyncComparison()
+    R, dt = sc.world_size, sc.torch_dtype
+    own = [(data.running_mean, data.running_var, 0) for _ in range(R)]
+    convention = {(c, key): 0.0 for c in ("local", "reduced") for key in ("dweight", "dbias")}
+    found = {"local": [], "reduced": []}
+    for k, train in enumerate(sc.steps):
+        befores = []
+        for r in range(R):
+            bf = observed[r]["steps"][k]["before"]
+            rm, rv = _t(bf["running_mean"]), _t(bf["running_var"])
+            nbt = bf["num_batches_tracked"]
+            befores.append((own[r][0] if rm is None else rm, own[r][1] if rv is None else rv,
+                            own[r][2] if nbt is None else nbt))
+        exp = step(sc, data.xs[k], data.dys[k], data.weight, data.bias, befores, train, knobs)
+        for r in range(R):
+            got, e = observed[r]["steps"][k], exp[r]
+            after = got["after"]
+            pairs = [("output", _t(got["y"])), ("dx", _t(got["dx"])),
+                     ("running_mean", _t(after["running_mean"])), ("running_var", _t(after["running_var"]))]
+            for name, g in pairs:
+                ratio, ds = _cmp(k, r, name, g, e.values[name], e.budgets[name], dt)
+                cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), ratio)
+                cmp.discrepancies += ds
+            nbt = after["num_batches_tracked"]
+            if nbt is not None and nbt != e.values["num_batches_tracked"]:
+                cmp.discrepancies.append(SyncDiscrepancy(k, r, "num_batches_tracked", math.inf,
+                                                         f"num_batches_tracked {nbt}, expected "
+                                                         f"{e.values['num_batches_tracked']}"))
+                cmp.ratios["num_batches_tracked"] = math.inf
+            own[r] = (e.values["running_mean"], e.values["running_var"], e.values["num_batches_tracked"])
+            if sc.affine:
+                for key in ("dweight", "dbias"):
+                    g = _t(got[key])
+                    for conv, (ref, bud) in (("local", (e.values[key], e.budgets[key])), ("reduced", e.reduced[key])):
+                        ratio, ds = _cmp(k, r, key, g, ref, bud, dt)
+                        convention[conv, key] = max(convention[conv, key], ratio)
+                        found[conv] += [replace(d, detail=d.detail + f" (expected this rank's {conv} "
+                                                f"{'contribution' if conv == 'local' else 'global sum'})")
+                                        for d in ds]
+    if sc.affine:
+        worst = {c: max(convention[c, "dweight"], convention[c, "dbias"]) for c in ("local", "reduced")}
+        conv = "reduced" if worst["reduced"] < worst["local"] else "local"
+        cmp.grad_convention = conv
+        cmp.discrepancies += found[conv]
+        for key in ("dweight", "dbias"):
+            cmp.ratios[key] = convention[conv, key]
+    return cmp
