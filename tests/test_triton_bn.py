@@ -369,3 +369,18 @@ def test_kernels_compile_for_sm90():
     if r.returncode != 0 and ("ptxas" in r.stderr and "not found" in r.stderr.lower()):
         pytest.skip("no ptxas: " + r.stderr[-300:])
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+def test_full_bncheck_verification_is_clean():
+    """The whole pipeline (every property, default profile, fixed seed) on the Triton plugin: no findings.
+
+    On CPU the kernels run under TRITON_INTERPRET=1 (set by conftest), in a worker process like `bncheck run`."""
+    from bncheck import runner
+    from bncheck.properties import PROPERTIES
+    from bncheck.registry import discover
+    plugin = os.path.join(os.path.dirname(__file__), "..", "implementations", "triton_bn.py")
+    reg = discover(plugin_files=[plugin], entry_points=False)
+    (r,) = runner.run_all([reg.implementations["triton-bn"]], jobs=1, profile="default", seed=0)
+    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
+    assert r["cases"] > 300 and set(r["properties"]) == {p.name for p in PROPERTIES}
+    assert all(v is not None and v < 1.0 for v in r["worst_ratio_by_dtype"].values())
