@@ -15,9 +15,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-run: setup            ## check every bundled implementation, write reports/latest.{md,json} and reports/bench.{md,json}
-	$(BIN)/bncheck run --profile $(PROFILE) --seed $(SEED) --out reports
-	$(BIN)/bncheck bench --device cpu --shapes small --impl torch-functional --impl seed-002 --impl seed-003 --out reports > /dev/null
+BENCH_IMPLS := torch-functional seed-000 seed-001 seed-002 seed-003
+
+run: setup            ## check every bundled plugin (BatchNorm, fusion, sync), time the CPU ones: reports/latest.{md,json}
+	$(BIN)/bncheck run --profile $(PROFILE) --seed $(SEED) --out reports --bench small $(addprefix --bench-impl ,$(BENCH_IMPLS))
 
 test: setup           ## the test suite CI runs
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow" tests

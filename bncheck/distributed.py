@@ -29,7 +29,7 @@ from .catalog import knob_hypotheses
 from .ranks import Declined, RankFailure, RankPool
 from .registry import Implementation
 from .repro import portable_source
-from .search import Finding, PropertyFailure, PropertyResult
+from .results import Finding, PropertyFailure, PropertyResult, summary
 from .sync_reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard
 
 PROFILES = {
@@ -353,17 +353,6 @@ def check_sync(impl: Implementation, *, profile: str = "default", seed: int = 0,
 
 def summarize(impl: Implementation, chk: _Check, sizes: list, seconds: float) -> dict:
     results = list(chk.results.values())
-    best: dict[str, Finding] = {}
-    for r in results:
-        for f in r.findings:
-            size = (len(f.scenario.steps), f.scenario.world_size, math.prod(f.scenario.shape()))
-            old = best.get(f.id)
-            if old is None or size < (len(old.scenario.steps), old.scenario.world_size, math.prod(old.scenario.shape())):
-                best[f.id] = f
-    worst: dict[str, float] = {}
-    for r in results:
-        for k, v in r.worst.items():
-            worst[k] = max(worst.get(k, 0.0), v)
     caps = {}
     for ws in sizes:
         if ws in chk.notes:
@@ -377,15 +366,11 @@ def summarize(impl: Implementation, chk: _Check, sizes: list, seconds: float) ->
             caps[f"world size {ws}"] = "not run: the check stopped earlier"
     if not chk.compared and chk.declines:       # every case declined: one line, for the report's notes
         caps = {chk.device: f"declined: {next(iter(chk.declines.values()))[0]}"}
-    return {
-        "name": impl.name, "kind": "sync", "origin": impl.origin, "expect": sorted(impl.expect),
-        "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
-        "findings": [best[k].to_dict() for k in sorted(best)],
-        "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
-        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
-                                "seconds": round(r.seconds, 2)} for r in results},
-        "capabilities": caps, "seconds": round(seconds, 2), "world_sizes": sizes,
-    }
+    return summary(impl, "sync", results, caps, seconds, size=_size, world_sizes=sizes)
+
+
+def _size(f: Finding) -> tuple:
+    return (len(f.scenario.steps), f.scenario.world_size, math.prod(f.scenario.shape()))
 
 
 # -- reproducers --------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .fold import FOLD_REFERENCE, FoldKnobs
 from .fusion_cases import FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
 from .registry import Implementation
 from .repro import portable_source
+from .results import Finding, PropertyFailure, PropertyResult, summary
 from .spec import Unsupported
 
 PROFILES = {
@@ -113,42 +114,12 @@ class Named:
     ignore: str | None = None
 
 
-@dataclass
-class Finding:
-    id: str
-    property: str
-    where: str
-    evidence: list
-    error_ratio: float
-    scenario: FoldScenario
-    repro: str = ""
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "property": self.property, "where": self.where, "evidence": self.evidence,
-                "error_ratio": None if math.isinf(self.error_ratio) else self.error_ratio,
-                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro}
-
-
-@dataclass
-class PropertyResult:
-    name: str
-    cases: int = 0
-    declined: int = 0
-    findings: list = field(default_factory=list)
-    worst: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-class FoldFailure(AssertionError):
-    pass
-
-
 _FAILURES: dict = {}
 
 
 def _failure(key: str) -> type:
     if key not in _FAILURES:        # one class per failure kind: Hypothesis shrinks each separately
-        _FAILURES[key] = type("FoldFailure_" + key.replace("-", "_"), (FoldFailure,), {})
+        _FAILURES[key] = type("FoldFailure_" + key.replace("-", "_"), (PropertyFailure,), {})
     return _FAILURES[key]
 
 
@@ -318,7 +289,7 @@ def search_property(impl: Implementation, prop: FusionProperty, *, profile: str 
         try:
             test()
             break
-        except FoldFailure:
+        except PropertyFailure:
             pass
         if "case" not in last:
             break
@@ -407,24 +378,7 @@ def _size(f: Finding) -> tuple:
 
 
 def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> dict:
-    best: dict = {}
-    for r in results:
-        for f in r.findings:
-            if f.id not in best or _size(f) < _size(best[f.id]):
-                best[f.id] = f
-    worst: dict = {}
-    for r in results:
-        for k, v in r.worst.items():
-            worst[k] = max(worst.get(k, 0.0), v)
-    return {
-        "name": impl.name, "kind": "fusion", "origin": impl.origin, "expect": sorted(impl.expect),
-        "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
-        "findings": [best[k].to_dict() for k in sorted(best)],
-        "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
-        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
-                                "seconds": round(r.seconds, 2)} for r in results},
-        "capabilities": caps, "seconds": round(seconds, 2),
-    }
+    return summary(impl, "fusion", results, caps, seconds, size=_size)
 
 
 TEMPLATE = '''\

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, reject, settings, target
@@ -20,6 +20,7 @@ from .oracle import TORCH, Knobs
 from .properties import PROPERTIES, Property
 from .registry import Implementation
 from .repro import script
+from .results import Finding, PropertyFailure, PropertyResult, summary
 from .scenario import Scenario, materialize
 from .spec import Spec, Unsupported
 
@@ -30,37 +31,6 @@ PROFILES = {
 }
 CRASH_FAMILY = {"crash", "momentum-none", "non-contiguous-crash", "rank-unsupported"}
 UNEXPLAINED = {"output-mismatch", "cancellation", "low-precision-accumulation"}
-
-
-@dataclass
-class Finding:
-    id: str
-    property: str
-    where: str
-    evidence: list
-    error_ratio: float
-    scenario: Scenario
-    repro: str = ""
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "property": self.property, "where": self.where, "evidence": self.evidence,
-                "error_ratio": None if math.isinf(self.error_ratio) else self.error_ratio,
-                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro}
-
-
-@dataclass
-class PropertyResult:
-    name: str
-    cases: int = 0
-    declined: int = 0
-    findings: list = field(default_factory=list)
-    worst: dict = field(default_factory=dict)        # dtype label -> worst ratio over value fields
-    seconds: float = 0.0
-    base: Knobs = TORCH                               # the knob settings assumed at the end (earlier + named here)
-
-
-class PropertyFailure(AssertionError):
-    pass
 
 
 _FAILURES: dict[str, type] = {}
@@ -165,7 +135,7 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             if n.id in UNEXPLAINED:
                 ignored_fields.update(d.field for d in owned if not d.structural)
     res.seconds = time.monotonic() - t0
-    res.base = base
+    res.assumed = base
     return res
 
 
@@ -209,7 +179,7 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
         if on_property:
             on_property(prop.name, None)     # started
         r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, base=base, named=named)
-        base, named = r.base, named | {f.id for f in r.findings}
+        base, named = r.assumed, named | {f.id for f in r.findings}
         results.append(r)
         if on_property:
             on_property(prop.name, r)
@@ -219,22 +189,5 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
 
 
 def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> dict:
-    best: dict[str, Finding] = {}
-    for r in results:
-        for f in r.findings:
-            size = (len(f.scenario.steps), math.prod(f.scenario.shape))
-            if f.id not in best or size < (len(best[f.id].scenario.steps), math.prod(best[f.id].scenario.shape)):
-                best[f.id] = f
-    worst: dict[str, float] = {}
-    for r in results:
-        for k, v in r.worst.items():
-            worst[k] = max(worst.get(k, 0.0), v)
-    return {
-        "name": impl.name, "origin": impl.origin, "expect": sorted(impl.expect),
-        "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
-        "findings": [best[k].to_dict() for k in sorted(best)],
-        "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
-        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
-                                "seconds": round(r.seconds, 2)} for r in results},
-        "capabilities": caps, "seconds": round(seconds, 2),
-    }
+    return summary(impl, "batchnorm", results, caps, seconds,
+                   size=lambda f: (len(f.scenario.steps), math.prod(f.scenario.shape)))

@@ -1,0 +1,61 @@
+"""What checking one plugin produces, for every plugin kind: findings, per-property results, and the plain
+(JSON-ready) summary the runner hands to the report."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Finding:
+    id: str
+    property: str
+    where: str
+    evidence: list
+    error_ratio: float
+    scenario: Any                  # the kind's scenario type: has describe() and a repr that rebuilds it
+    repro: str = ""
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "property": self.property, "where": self.where, "evidence": self.evidence,
+                "error_ratio": None if math.isinf(self.error_ratio) else self.error_ratio,
+                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro}
+
+
+@dataclass
+class PropertyResult:
+    name: str
+    cases: int = 0
+    declined: int = 0
+    findings: list = field(default_factory=list)
+    worst: dict = field(default_factory=dict)        # dtype label -> worst error/budget over passing cases
+    seconds: float = 0.0
+    assumed: Any = None            # what the search assumed by its end (kind-specific, e.g. the oracle's knobs)
+
+
+class PropertyFailure(AssertionError):
+    """Raised inside a Hypothesis test when a property fails, so Hypothesis shrinks the example."""
+
+
+def summary(impl, kind: str, results: list, caps: dict, seconds: float, size: Callable[[Finding], Any],
+            **extra) -> dict:
+    """One plugin's result: per finding id the example that is smallest by ``size``, worst ratios per dtype."""
+    best: dict[str, Finding] = {}
+    for r in results:
+        for f in r.findings:
+            if f.id not in best or size(f) < size(best[f.id]):
+                best[f.id] = f
+    worst: dict[str, float] = {}
+    for r in results:
+        for k, v in r.worst.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    return {
+        "name": impl.name, "kind": kind, "origin": impl.origin, "expect": sorted(impl.expect),
+        "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
+        "findings": [best[k].to_dict() for k in sorted(best)],
+        "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
+        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
+                                "seconds": round(r.seconds, 2)} for r in results},
+        "capabilities": caps, "seconds": round(seconds, 2), **extra,
+    }
