@@ -104,6 +104,8 @@ def _values(cmp: Comparison, step: int, name: str, got: torch.Tensor | None, ref
     diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
     diff = torch.where(~ref_fin & ~(both_nan | same_inf), torch.full_like(diff, math.inf), diff)
     ratio = diff / bud
+    # a non-finite reference (or budget) the implementation does not reproduce is an unbounded miss, never a pass
+    ratio = torch.where(both_nan | same_inf, torch.zeros_like(ratio), torch.nan_to_num(ratio, nan=math.inf))
     r = float(ratio.max())
     cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), r)
     if r > 1.0:
@@ -123,7 +125,12 @@ def oracle_state(sc: Scenario, trace: Trace, data: Data) -> O.State:
 
 
 def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
-            structural: bool = True) -> Comparison:
+            structural: bool = True, budget_knobs: O.Knobs | None = None) -> Comparison:
+    """Compare one run with the oracle under ``knobs``.
+
+    ``budget_knobs``: when testing a hypothesis (diagnosis), output and input-gradient budgets are also computed
+    for the oracle under these knobs and the smaller one is used, so a hypothesis whose own reference is
+    degenerate (zero variance, no eps: a budget without bound) cannot fit by tolerance alone."""
     cmp = Comparison()
     if trace.unsupported is not None:
         cmp.declined = trace.unsupported
@@ -157,6 +164,11 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                          else obs.before.num_batches_tracked)
         x, dy = data.xs[k], data.dys[k]
         res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs)
+        alt = None
+        if budget_knobs is not None and budget_knobs != knobs:
+            alt = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=budget_knobs)
+            if alt.error is not None or alt.y is None or alt.y.shape != (res.y.shape if res.y is not None else None):
+                alt = None
         own = res.state if res.error is None else st
         if structural and obs.input_mutated:
             cmp.add(Discrepancy(k, "input", math.inf, "the input tensor was modified in place",
@@ -197,6 +209,11 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
         else:
             bud = B.output(x64, res.y, res.center, res.var, eps_used, w, b, res.n if res.used_batch_stats else 1,
                            u_in, u_in, eps_outside=knobs.eps_placement == "outside")
+            if alt is not None and alt.center is not None and alt.center.shape == res.center.shape:
+                eps_alt = sc.eps if budget_knobs.eps_override is None else budget_knobs.eps_override
+                bud = torch.minimum(bud, B.output(x64, res.y, alt.center, alt.var, eps_alt, w, b,
+                                                  alt.n if alt.used_batch_stats else 1, u_in, u_in,
+                                                  eps_outside=budget_knobs.eps_placement == "outside"))
             _values(cmp, k, "output", y64, res.y, bud, sc.torch_dtype)
         if sc.track_running_stats:   # every step: eval must leave the stats alone
             _stats(cmp, k, obs, st, res, u_in, u_p, sc.torch_param_dtype)
@@ -205,6 +222,12 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             if dx is not None and dx.shape == res.dx.shape:
                 bud = B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, res.center, res.var, eps_used, w,
                                    res.n, u_in, u_in, res.used_batch_stats)
+                if alt is not None and alt.dx is not None and alt.center is not None and \
+                        alt.center.shape == res.center.shape:
+                    eps_alt = sc.eps if budget_knobs.eps_override is None else budget_knobs.eps_override
+                    bud = torch.minimum(bud, B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, alt.center,
+                                                          alt.var, eps_alt, w, alt.n, u_in, u_in,
+                                                          alt.used_batch_stats))
                 _values(cmp, k, "dx", dx, res.dx, bud, sc.torch_dtype)
             else:
                 _values(cmp, k, "dx", dx, res.dx, None)

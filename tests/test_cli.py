@@ -38,7 +38,7 @@ def test_unexpected_finding_exits_1(tmp_path):
                 "forward", "--out", str(tmp_path / "out"))
     assert r.returncode == 1, r.stdout + r.stderr
     rep = json.loads((tmp_path / "out" / "latest.json").read_text())
-    assert "eps-ignored" in rep["implementations"][0]["unexpected"]
+    assert rep["implementations"][0]["unexpected"] == ["eps-ignored"]
 
 
 def test_usage_errors_exit_2_naming_the_argument(tmp_path):
@@ -50,9 +50,31 @@ def test_usage_errors_exit_2_naming_the_argument(tmp_path):
     assert r.returncode == 2 and "--plugins" in r.stderr
     r = bncheck("repro", "x:y", "--report", str(tmp_path / "none.json"))
     assert r.returncode == 2 and "--report" in r.stderr
+    r = bncheck("run", "--world-size", "0", "--out", str(tmp_path))
+    assert r.returncode == 2 and "--world-size 0" in r.stderr
+    r = bncheck("run", "--kind", "conv")
+    assert r.returncode == 2 and "--kind" in r.stderr
+    r = bncheck("run", "--bench", "9x", "--out", str(tmp_path))
+    assert r.returncode == 2 and "--bench 9x" in r.stderr
+    r = bncheck("bench", "--impl", "bncheck-fold", "--out", str(tmp_path))
+    assert r.returncode == 2 and "only BatchNorm implementations are timed" in r.stderr
+    assert not (tmp_path / "latest.json").exists()
+
+
+def test_kind_selects_plugins_and_the_report_has_that_section(tmp_path):
+    r = bncheck("run", "--kind", "fusion", "--impl", "torch-fuse-conv-bn", "--profile", "quick", "--out",
+                str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "latest.json").read_text())
+    assert [(i["name"], i["kind"], i["verdict"]) for i in rep["implementations"]] == [
+        ("torch-fuse-conv-bn", "fusion", "clean")]
+    md = (tmp_path / "latest.md").read_text()
+    assert "## Fusion (conv-BN folding)" in md and "## BatchNorm implementations" not in md
 
 
 def test_list_shows_names_origins_and_expectations():
     r = bncheck("list")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "seed-002" in r.stdout and "implementations/seed_002.py" in r.stdout
+    kinds = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[2:] if line.strip()}
+    assert kinds["seed-000-fold"] == "fusion" and kinds["bncheck-syncbn"] == "sync" and kinds["seed-000"] == "batchnorm"
