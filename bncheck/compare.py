@@ -105,7 +105,8 @@ def _values(cmp: Comparison, step: int, name: str, got: torch.Tensor | None, ref
     diff = torch.where(~ref_fin & ~(both_nan | same_inf), torch.full_like(diff, math.inf), diff)
     ratio = diff / bud
     # a non-finite reference (or budget) the implementation does not reproduce is an unbounded miss, never a pass
-    ratio = torch.where(both_nan | same_inf, torch.zeros_like(ratio), torch.nan_to_num(ratio, nan=math.inf))
+    # (an exact match passes whatever its budget, even an undefined one, e.g. on an empty batch)
+    ratio = torch.where(diff == 0, torch.zeros_like(ratio), torch.nan_to_num(ratio, nan=math.inf))
     r = float(ratio.max())
     cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), r)
     if r > 1.0:
