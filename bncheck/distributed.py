@@ -168,6 +168,7 @@ class _Check:
                 try:
                     observed = run_scenario(self.pool, sc, data, self.timeout_s)
                 except Declined as e:
+                    res.cases += 1          # cases count every scenario drawn, declined ones too (as for every kind)
                     res.declined += 1
                     self.declines.setdefault(ws, []).append(str(e))
                     return

@@ -2,7 +2,8 @@
 
 A verdict compares an implementation's findings with its ``expect`` set: ``clean`` (none expected, none found),
 ``as expected`` (found exactly what it declares), ``unexpected`` (a finding not declared, or a declared one not
-found: both listed).
+found: both listed), ``declined`` (the builder declined every case drawn, e.g. a CUDA-only module on a CPU run:
+listed with its reason, not a failure).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def verdict(impl: dict) -> dict:
     unexpected, missing = sorted(found - expect), sorted(expect - found)
     if unexpected or missing:
         v = "unexpected"
+    elif not found and impl.get("cases", 0) and impl.get("declined_cases", 0) >= impl["cases"]:
+        v = "declined"        # every case drawn was declined: nothing was checked (not a failure)
     else:
         v = "clean" if not found else "as expected"
     return {"verdict": v, "unexpected": unexpected, "missing": missing}
@@ -73,7 +76,7 @@ def _summary(impls: list[dict]) -> str:
         if r["missing"]:
             notes.append("expected but not found: " + ", ".join(r["missing"]))
         declined = [f"{k}: {v[len('declined: '):]}" for k, v in (r.get("capabilities") or {}).items()
-                    if str(v).startswith("declined") and not r["cases"]]
+                    if str(v).startswith("declined") and r["verdict"] == "declined"]
         notes += [f"declined ({_esc(d)})" for d in declined]
         rows.append([r["name"], r["verdict"], r["cases"], worst_s, len(r["findings"]),
                      "; ".join(notes) or "-", r["origin"]])

@@ -36,6 +36,8 @@ def _report():
         _impl("surprise", [_finding("eps-ignored", ratio=None)], expect={"biased-running-var"}),
         _impl("fold-ref", kind="fusion", capabilities={}),
         _impl("sync-ref", kind="sync", capabilities={}, world_sizes=[2, 3]),
+        _impl("sync-cuda-only", kind="sync", cases=40, declined_cases=40, world_sizes=[2, 3],
+              capabilities={"cpu": "declined: needs CUDA tensors"}),
     ]
     env = {"bncheck": "0.1.0", "torch": "2.13.0+cpu", "profile": "default", "seed": 0}
     errors = [{"origin": "implementations/broken.py", "message": "ImportError: no module named foo at broken.py:3"}]
@@ -48,6 +50,7 @@ def test_verdicts():
     assert v["clean-one"] == ("clean", [], [])
     assert v["known-bugs"] == ("as expected", [], [])
     assert v["surprise"] == ("unexpected", ["eps-ignored"], ["biased-running-var"])
+    assert v["sync-cuda-only"] == ("declined", [], [])
     assert rep["exit_status"] == 1
 
 
@@ -72,6 +75,7 @@ def test_markdown_sections_and_escaping():
                     "## Distributed (synchronised BatchNorm)", "## Timings"):
         assert heading in md
     assert "World sizes: 2, 3." in md
+    assert "declined (cpu: needs CUDA tensors)" in md
     assert "eps-ignored \\| flipped" in md            # a '|' inside a cell cannot break the table
     assert "`bncheck repro known-bugs:inverted-momentum`" in md
     assert md.index("## BatchNorm implementations") < md.index("## Fusion") < md.index("## Distributed")
