@@ -12,26 +12,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from . import execute
 from .catalog import knob_hypotheses
 from .compare import Comparison, Discrepancy, compare
 from .oracle import Knobs
 from .registry import Implementation
+from .results import Named
 from .scenario import Scenario, Step, materialize
 
 MAX_GREEDY = 3
 MARGINAL = 100.0   # error/budget below which a divergence is first tested as a numeric (not semantic) defect
-
-
-@dataclass
-class Named:
-    id: str
-    where: str
-    evidence: list = field(default_factory=list)
-    ratio: float = float("inf")
-    knobs: dict = field(default_factory=dict)    # knob flips that reproduce it (empty for probes)
 
 
 def _alternatives():

@@ -28,8 +28,8 @@ from hypothesis.errors import Flaky
 from .catalog import knob_hypotheses
 from .ranks import Declined, RankFailure, RankPool
 from .registry import Implementation
-from .repro import portable_source
-from .results import Finding, PropertyFailure, PropertyResult, summary
+from .repro import load_plugin
+from .results import Finding, Named, PropertyFailure, PropertyResult, summary
 from .sync_reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard
 
 PROFILES = {
@@ -238,15 +238,6 @@ class _Check:
 
 # -- diagnosis ----------------------------------------------------------------------------------------------------
 
-@dataclass
-class Named:
-    id: str
-    where: str
-    evidence: list
-    ratio: float
-    knobs: dict = field(default_factory=dict)
-
-
 def alternatives() -> list[tuple[str, dict]]:
     return [(e.id, flip) for e in knob_hypotheses("sync") for flip in e.knobs]
 
@@ -395,12 +386,7 @@ from bncheck.sync_reference import SyncScenario, compare, materialize, shard
 
 
 def main():
-    registry = Registry()
-    registry.load_source({source!r})
-    if {name!r} not in registry.implementations:
-        sys.exit(f"could not load {name!r}: {{registry.errors}}")
-    impl = registry.implementations[{name!r}]
-    scenario = {scenario!r}
+{load}    scenario = {scenario!r}
     data = materialize(scenario)      # global inputs, upstream gradients, weight/bias/initial stats from the seed
     with RankPool(impl, scenario.world_size) as pool:
         try:
@@ -452,4 +438,4 @@ if __name__ == "__main__":
 
 def script(name: str, source: str, fid: str, where: str, sc: SyncScenario) -> str:
     return TEMPLATE.format(name=name, fid=fid, where=where, config=sc.describe(), world=sc.world_size,
-                           source=portable_source(source), scenario=replace(sc, device="cpu"))
+                           load=load_plugin(name, source, indent="    "), scenario=replace(sc, device="cpu"))

@@ -30,9 +30,8 @@ from .catalog import knob_hypotheses
 from .fold import FOLD_REFERENCE, FoldKnobs
 from .fusion_cases import FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
 from .registry import Implementation
-from .repro import portable_source
-from .results import Finding, PropertyFailure, PropertyResult, summary
-from .spec import Unsupported
+from .repro import load_plugin
+from .results import Finding, PropertyFailure, PropertyResult, accepts, summary
 
 PROFILES = {
     "quick": dict(max_examples=40, rounds=6),
@@ -329,18 +328,10 @@ CAPABILITIES = {
 
 def capabilities(impl: Implementation, device: str = "cpu") -> dict:
     """Whether the fold accepts each configuration: 'yes', 'declined: why' or 'build error: why'."""
-    out = {}
-    for label, kw in CAPABILITIES.items():
-        sc = FoldScenario(device=device).with_(**kw)
-        conv, bn, _ = materialize(sc)
-        try:
-            module_fold(impl)(conv, bn)
-            out[label] = "yes"
-        except Unsupported as e:
-            out[label] = f"declined: {e}"
-        except Exception as e:
-            out[label] = f"build error: {type(e).__name__}: {e}"[:120]
-    return out
+    def attempt(kw):
+        conv, bn, _ = materialize(FoldScenario(device=device).with_(**kw))
+        module_fold(impl)(conv, bn)
+    return accepts({label: (lambda kw=kw: attempt(kw)) for label, kw in CAPABILITIES.items()})
 
 
 def check_fusion(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
@@ -394,12 +385,7 @@ import torch
 from bncheck.fusion_cases import FoldScenario, evaluate, materialize, module_fold, oracle_output
 from bncheck.registry import Registry
 
-registry = Registry()
-registry.load_source({source!r})
-if {name!r} not in registry.implementations:
-    sys.exit(f"could not load {name!r}: {{registry.errors}}")
-impl = registry.implementations[{name!r}]
-
+{load}
 scenario = {scenario!r}
 conv, bn, x = materialize(scenario)   # eval-mode conv + BatchNorm with the scenario's values, and an input
 print(conv, bn, sep="\\n")
@@ -422,4 +408,4 @@ sys.exit(1 if outcome.problems else 0)
 
 def script(impl: Implementation, fid: str, where: str, sc: FoldScenario) -> str:
     return TEMPLATE.format(name=impl.name, fid=fid, where=where, config=sc.describe(),
-                           source=portable_source(impl.source), scenario=sc)
+                           load=load_plugin(impl.name, impl.source), scenario=sc)

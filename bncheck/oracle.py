@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, fields, replace
 
 import torch
+from torch.nn.modules.batchnorm import _NormBase
 
 
 @dataclass(frozen=True)
@@ -233,27 +234,15 @@ def with_knobs(**flips) -> Knobs:
     return replace(TORCH, **flips)
 
 
-class OracleBatchNorm(torch.nn.Module):
-    """The oracle as a module: float64 computation, output cast back to the input's dtype and memory format."""
+class OracleBatchNorm(_NormBase):
+    """The oracle as a module: float64 computation, output cast back to the input's dtype and memory format.
+    Parameters and buffers are torch's own (``_NormBase``, as for ``nn.BatchNorm*d``)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  device=None, dtype=None, knobs: Knobs = TORCH):
-        super().__init__()
-        kw = dict(device=device, dtype=dtype or torch.float32)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.cfg = Config(eps, momentum, track_running_stats)
         self.knobs = knobs
-        if affine:
-            self.weight = torch.nn.Parameter(torch.ones(num_features, **kw))
-            self.bias = torch.nn.Parameter(torch.zeros(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **kw))
-            self.register_buffer("running_var", torch.ones(num_features, **kw))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
         if x.dim() not in (2, 3, 4, 5):

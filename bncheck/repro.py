@@ -18,12 +18,7 @@ from bncheck import compare, execute
 from bncheck.registry import Registry
 from bncheck.scenario import Scenario, Step, materialize
 
-registry = Registry()
-registry.load_source({source!r})
-if {name!r} not in registry.implementations:
-    sys.exit(f"could not load {name!r}: {{registry.errors}}")
-impl = registry.implementations[{name!r}]
-
+{load}
 scenario = {scenario!r}
 data = materialize(scenario)          # inputs, upstream gradients, weight/bias/initial stats from the seed
 trace = execute.run(impl, scenario, data)
@@ -63,6 +58,18 @@ def portable_source(source: str) -> str:
     return source
 
 
+def load_plugin(name: str, source: str, indent: str = "") -> str:
+    """Reproducer lines that re-load plugin ``name`` from its source into ``impl`` (every kind's script uses them)."""
+    lines = [
+        "registry = Registry()",
+        f"registry.load_source({portable_source(source)!r})",
+        f"if {name!r} not in registry.implementations:",
+        f"    sys.exit(f\"could not load {name!r}: {{registry.errors}}\")",
+        f"impl = registry.implementations[{name!r}]",
+    ]
+    return "".join(indent + line + "\n" for line in lines)
+
+
 def script(name: str, source: str, fid: str, where: str, scenario) -> str:
     return TEMPLATE.format(name=name, fid=fid, where=where, config=scenario.describe(),
-                           source=portable_source(source), scenario=scenario)
+                           load=load_plugin(name, source), scenario=scenario)

@@ -6,6 +6,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .spec import Unsupported
+
+
+@dataclass
+class Named:
+    """A diagnosis: the finding id, where it shows, its evidence, and the knob flips that reproduce it (if any)."""
+    id: str
+    where: str
+    evidence: list = field(default_factory=list)
+    ratio: float = float("inf")
+    knobs: dict = field(default_factory=dict)    # knob flips that reproduce it (empty for probes)
+
 
 @dataclass
 class Finding:
@@ -32,6 +44,21 @@ class PropertyResult:
     worst: dict = field(default_factory=dict)        # dtype label -> worst error/budget over passing cases
     seconds: float = 0.0
     assumed: Any = None            # what the search assumed by its end (kind-specific, e.g. the oracle's knobs)
+
+
+def accepts(attempts: dict[str, Callable[[], Any]]) -> dict:
+    """Which configurations a plugin accepts: each attempt (label -> build or fold call) gives 'yes',
+    'declined: why' (it raised ``Unsupported``) or 'build error: why'."""
+    out = {}
+    for label, attempt in attempts.items():
+        try:
+            attempt()
+            out[label] = "yes"
+        except Unsupported as e:
+            out[label] = f"declined: {e}"
+        except Exception as e:
+            out[label] = f"build error: {type(e).__name__}: {e}"[:120]
+    return out
 
 
 class PropertyFailure(AssertionError):

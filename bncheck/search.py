@@ -20,9 +20,9 @@ from .oracle import TORCH, Knobs
 from .properties import PROPERTIES, Property
 from .registry import Implementation
 from .repro import script
-from .results import Finding, PropertyFailure, PropertyResult, summary
+from .results import Finding, PropertyFailure, PropertyResult, accepts, summary
 from .scenario import Scenario, materialize
-from .spec import Spec, Unsupported
+from .spec import Spec
 
 PROFILES = {
     "quick": dict(max_examples=12, rounds=3),
@@ -150,20 +150,13 @@ CAPABILITIES = {
 def capabilities(impl: Implementation, device: str = "cpu") -> dict:
     """Which configurations the builder accepts: 'yes', 'declined: why' or 'build error: why'."""
     import torch
-    out = {}
-    for label, kw in CAPABILITIES.items():
+
+    def spec(kw):
         kw = dict(kw)
         if "dtype" in kw:
             kw["dtype"] = getattr(torch, kw["dtype"])
-        spec = Spec(num_features=3, device=device, **kw)
-        try:
-            impl.build(spec)
-            out[label] = "yes"
-        except Unsupported as e:
-            out[label] = f"declined: {e}"
-        except Exception as e:
-            out[label] = f"build error: {type(e).__name__}: {e}"[:120]
-    return out
+        return Spec(num_features=3, device=device, **kw)
+    return accepts({label: (lambda kw=kw: impl.build(spec(kw))) for label, kw in CAPABILITIES.items()})
 
 
 def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _NormBase
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,33 +92,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None
 
 
-class SyncBatchNorm(torch.nn.Module):
-    """BatchNorm over the concatenated batch of every rank of ``process_group`` (default: the world group)."""
+class SyncBatchNorm(_NormBase):
+    """BatchNorm over the concatenated batch of every rank of ``process_group`` (default: the world group).
+
+    Parameters and buffers are torch's own (``_NormBase``, as for ``nn.BatchNorm*d``), so state_dict, ``.to()`` and
+    checkpoints behave exactly like torch's modules."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, process_group=None, device=None, dtype=None):
-        super().__init__()
-        kw = dict(device=device, dtype=dtype or torch.float32)
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats, self.process_group = affine, track_running_stats, process_group
-        if affine:
-            self.weight = torch.nn.Parameter(torch.ones(num_features, **kw))
-            self.bias = torch.nn.Parameter(torch.zeros(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **kw))
-            self.register_buffer("running_var", torch.ones(num_features, **kw))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-
-    def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
 
     # -- the three steps a synchronised BatchNorm gets right or wrong (overridable) -------------------------
     def gather_statistics(self, count, mean, m2):
