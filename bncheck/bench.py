@@ -257,11 +257,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
 
 
-def run_from_args(args, registry) -> dict:
-    """Resolve ``--impl`` names in ``registry`` and run :func:`bench` with the parsed arguments."""
+def run_named(registry, names=None, device: str | None = None, shapes: str = "default", dtypes=None) -> dict:
+    """Time the named BatchNorm implementations of ``registry`` (default: all of them); ``ValueError`` names a
+    bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA)."""
     import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = args.impl or [i.name for i in registry.of_kind("batchnorm")]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = names or [i.name for i in registry.of_kind("batchnorm")]
     unknown = [n for n in names if n not in registry.implementations]
     if unknown:
         raise ValueError(f"--impl {unknown[0]}: unknown implementation; "
@@ -270,9 +271,13 @@ def run_from_args(args, registry) -> dict:
     if other:
         raise ValueError(f"--impl {other[0]}: a {registry.implementations[other[0]].kind} plugin; "
                          f"only BatchNorm implementations are timed")
-    dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "float16"] if device == "cuda" else
-                                                         ["float32"]))]
-    result = bench({n: registry.implementations[n].build for n in names}, device, args.shapes, dtypes)
+    dtypes = [getattr(torch, d) for d in (dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))]
+    return bench({n: registry.implementations[n].build for n in names}, device, shapes, dtypes)
+
+
+def run_from_args(args, registry) -> dict:
+    """``bncheck bench``: :func:`run_named` with the parsed arguments, and ``--json``."""
+    result = run_named(registry, args.impl, args.device, args.shapes, args.dtype)
     if args.json:
         import json
         with open(args.json, "w") as f:

@@ -148,13 +148,10 @@ def _bench_shapes(spec: str) -> None:
 
 
 def _run_bench(args, reg, impls) -> dict:
-    from types import SimpleNamespace
-
     from . import bench
     names = args.bench_impl or [i.name for i in impls if i.kind == "batchnorm"]
     try:
-        result = bench.run_from_args(SimpleNamespace(device=args.device, shapes=args.bench, dtype=None, impl=names,
-                                                     json=None), reg)
+        result = bench.run_named(reg, names, args.device, args.bench)
     except ValueError as e:
         raise UsageError(str(e)) from None
     md = bench.render_markdown(result).split("\n", 1)[1].lstrip()   # the report has its own heading
