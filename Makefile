@@ -10,7 +10,7 @@ SEED    ?= 0
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv --system-site-packages $(VENV)   # reuses an installed torch when it satisfies the requirement
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,triton]"
+	$(BIN)/pip install -q -e ".[test,triton,frameworks]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -122,8 +122,11 @@ class Registry:
         if not directory.is_dir():
             self.errors.append(LoadError(str(directory), "plugin directory not found"))
             return
-        for path in sorted(directory.glob("*.py")):
-            if not path.name.startswith("_"):
+        # plugins directly in the directory and in its subfolders (e.g. implementations/frameworks/); files and
+        # folders whose name starts with "_" or "." are skipped
+        for path in sorted(directory.rglob("*.py")):
+            rel = path.relative_to(directory).parts
+            if not any(part.startswith(("_", ".")) for part in rel):
                 self.load_file(path)
 
     def load_entry_points(self, only: str | None = None) -> None:
