@@ -53,8 +53,17 @@ SHAPE_SETS = {
     "3d": _both((8, 64, 16, 28, 28)),
     "small": [((4096, 64), False), ((16, 32, 64), False), *_both((8, 32, 16, 16)), *_both((2, 16, 4, 8, 8))],
     "tiny": [((64, 8), False), *_both((2, 4, 6, 6))],
+    # few channels, millions of values per channel (image-input and early-layer normalisation, tabular data):
+    # C in {3, 4, 8, 16}, N*H*W (N for 2-d inputs) from 1M to 4M, so each channel's reduction is long
+    "smallc": [*_both((256, 3, 112, 112)), ((64, 4, 224, 224), False), *_both((32, 8, 256, 256)),
+               *_both((64, 16, 128, 128)), ((4194304, 4), False), ((1048576, 16), False),
+               ((16, 8, 32, 64, 64), False)],
+    # the gpu set in miniature (a ResNet-like layer in both layouts, a BatchNorm1d, a 3-d case, few channels
+    # with many values per channel): the GPU check's own logic exercised on the CPU
+    "smoke": [*_both((4, 16, 8, 8)), ((512, 16), False), ((2, 8, 4, 6, 6), False), *_both((64, 3, 8, 8))],
 }
 SHAPE_SETS["default-cuda"] = SHAPE_SETS["resnet50"] + SHAPE_SETS["bn1d"] + SHAPE_SETS["3d"]
+SHAPE_SETS["gpu"] = SHAPE_SETS["default-cuda"] + SHAPE_SETS["smallc"]
 SHAPE_SETS["default-cpu"] = SHAPE_SETS["small"]
 
 
@@ -89,13 +98,19 @@ def bytes_moved(op: str, numel: int, C: int, elem: int, pelem: int) -> int:
 # timing
 
 
-def _make_timer(device, min_run_time=0.2):
+def _make_timer(device, rep_ms: float | None = None):
+    """``(timer(fn) -> median milliseconds, description)``; ``rep_ms`` is the time spent measuring each function
+    (CUDA: do_bench's ``rep``, with a quarter of it as warm-up, default 100 ms; CPU: blocked_autorange's
+    ``min_run_time``, default 200 ms)."""
     import torch
     if device.type == "cuda":
+        rep = float(rep_ms or 100.0)
         try:
             from triton.testing import do_bench
-            return (lambda fn: float(do_bench(fn, warmup=25, rep=100, return_mode="median")),
-                    "triton.testing.do_bench median (warm-up, L2 flushed before each run)")
+            return (lambda fn: float(do_bench(fn, warmup=max(1, int(rep / 4)), rep=max(1, int(rep)),
+                                              return_mode="median")),
+                    f"triton.testing.do_bench median ({rep:.0f} ms of runs after {rep / 4:.0f} ms of warm-up, "
+                    f"L2 flushed before each run)")
         except Exception:
             flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
 
@@ -114,6 +129,7 @@ def _make_timer(device, min_run_time=0.2):
                 return sorted(times)[len(times) // 2]
             return cuda_events, "CUDA events median of 50 (5 warm-up runs, L2 flushed before each run)"
     from torch.utils.benchmark import Timer
+    min_run_time = (rep_ms or 200.0) / 1e3
 
     def cpu(fn):
         fn()   # warm-up (and first-call work)
@@ -172,19 +188,20 @@ def _time_ops(module, x, dy, timer) -> dict:
 
 
 def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtypes=None,
-          min_run_time: float = 0.2) -> dict:
+          rep_ms: float | None = None) -> dict:
     """Time every builder (and torch's native BatchNorm, always) on every shape, layout and dtype.
 
     ``builders`` maps names to ``build(spec) -> nn.Module``; a builder may raise ``bncheck.Unsupported`` or any other
     exception, recorded in its rows. Parameters are float32 (half inputs are then mixed precision, as under
-    autocast). ``min_run_time`` (seconds) is the CPU timer's budget per measurement. Returns ``{"header": {...}, "rows": [...]}`` made of plain JSON types.
+    autocast). ``rep_ms`` is the time spent measuring each operation (default: 100 ms on CUDA, 200 ms on the CPU).
+    Returns ``{"header": {...}, "rows": [...]}`` made of plain JSON types.
     """
     import torch
 
     from .spec import Spec, Unsupported
     dev = torch.device(device)
     dtypes = list(dtypes or [torch.float32])
-    timer, method = _make_timer(dev, min_run_time)
+    timer, method = _make_timer(dev, rep_ms)
     try:   # the version without importing triton (importing it here would fix its interpreter mode too early)
         from importlib.metadata import version
         triton_version = version("triton")
@@ -255,11 +272,16 @@ def add_arguments(parser) -> None:
                         help="implementation name from the registry, repeatable (default: every BatchNorm "
                              "implementation; torch native is always timed)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
+    parser.add_argument("--rep-ms", type=float, default=None, metavar="MS",
+                        help="time spent measuring each operation (default: 100 on CUDA, 200 on the CPU)")
 
 
-def run_named(registry, names=None, device: str | None = None, shapes: str = "default", dtypes=None) -> dict:
+def run_named(registry, names=None, device: str | None = None, shapes: str = "default", dtypes=None,
+              rep_ms: float | None = None) -> dict:
     """Time the named BatchNorm implementations of ``registry`` (default: all of them); ``ValueError`` names a
     bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA)."""
+    if rep_ms is not None and not (math.isfinite(rep_ms) and rep_ms > 0):
+        raise ValueError(f"--rep-ms {rep_ms}: must be a positive number of milliseconds")
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = names or [i.name for i in registry.of_kind("batchnorm")]
@@ -272,12 +294,12 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
         raise ValueError(f"--impl {other[0]}: a {registry.implementations[other[0]].kind} plugin; "
                          f"only BatchNorm implementations are timed")
     dtypes = [getattr(torch, d) for d in (dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))]
-    return bench({n: registry.implementations[n].build for n in names}, device, shapes, dtypes)
+    return bench({n: registry.implementations[n].build for n in names}, device, shapes, dtypes, rep_ms)
 
 
 def run_from_args(args, registry) -> dict:
     """``bncheck bench``: :func:`run_named` with the parsed arguments, and ``--json``."""
-    result = run_named(registry, args.impl, args.device, args.shapes, args.dtype)
+    result = run_named(registry, args.impl, args.device, args.shapes, args.dtype, getattr(args, "rep_ms", None))
     if args.json:
         import json
         with open(args.json, "w") as f:

@@ -31,7 +31,7 @@ def unsupported(spec):
 
 def test_bench_rows_and_render():
     dtypes = [torch.float32, torch.bfloat16]
-    result = B.bench({"scale": Scale, "gap": unsupported}, "cpu", "tiny", dtypes, min_run_time=0.01)
+    result = B.bench({"scale": Scale, "gap": unsupported}, "cpu", "tiny", dtypes, rep_ms=10)
     result = json.loads(json.dumps(result))       # plain JSON types throughout
     h = result["header"]
     assert h["torch"] == torch.__version__ and h["device_type"] == "cpu" and h["timer"]
@@ -65,6 +65,16 @@ def test_bytes_model_and_shape_sets():
     assert B.shapes_for("default", "cpu") == B.SHAPE_SETS["small"]
     assert B.shapes_for("default", "cuda") == B.SHAPE_SETS["resnet50"] + B.SHAPE_SETS["bn1d"] + B.SHAPE_SETS["3d"]
     assert B.shapes_for("32x64x56x56:nhwc,1024x64", "cpu") == [((32, 64, 56, 56), True), ((1024, 64), False)]
+    # small-C / large-N*HW: C in {3, 4, 8, 16}, 1M to 4M values per channel, both layouts for 4-d shapes
+    smallc = B.SHAPE_SETS["smallc"]
+    assert {s[1] for s, _ in smallc} == {3, 4, 8, 16}
+    assert all(2**20 <= math.prod(s) // s[1] <= 2**22 for s, _ in smallc)
+    assert {len(s) for s, _ in smallc} == {2, 4, 5} and any(cl for _, cl in smallc)
+    assert B.shapes_for("gpu", "cpu") == B.SHAPE_SETS["default-cuda"] + smallc
+    # the smoke set mirrors the gpu set's kinds of shapes in miniature
+    smoke = B.SHAPE_SETS["smoke"]
+    assert {len(s) for s, _ in smoke} == {2, 4, 5} and {cl for _, cl in smoke} == {False, True}
+    assert any(s[1] <= 4 for s, _ in smoke) and max(math.prod(s) for s, _ in smoke) <= 4096
 
 
 def test_add_arguments():
