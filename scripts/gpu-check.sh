@@ -27,7 +27,7 @@ BUDGET=
 OUT=
 PY=${PYTHON:-python3}
 SKIP=" "
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --cpu-smoke) MODE=cpu-smoke ;;
@@ -73,7 +73,7 @@ else
     # a copy of the tracked and untracked-but-not-ignored files, so the smoke run leaves the repository untouched
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-smoke.XXXXXX")
     if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-        (cd "$REPO" && git ls-files -z -co --exclude-standard | xargs -0 tar cf - 2>/dev/null) | tar xf - -C "$WORK"
+        (cd "$REPO" && git ls-files -z -co --exclude-standard | tar cf - --null -T - 2>/dev/null) | tar xf - -C "$WORK"
     else
         tar cf - -C "$REPO" --exclude=.venv --exclude=reports . | tar xf - -C "$WORK"
     fi
@@ -223,7 +223,8 @@ if skipped compile || grep -qw torch-compile-bn "$LOGS/list.log"; then
         "${BNCHECK[@]}" run --device "$DEVICE" --kind batchnorm --impl torch-compile-bn --profile "$COMPILE_PROFILE" \
         --jobs 1 --out "$GPU_DIR/compile"
 else
-    record compile skipped - 0 "no torch-compile-bn plugin in \`bncheck list\` (implementations/frameworks/torch_compile.py)"
+    record compile skipped - 0 \
+        "no torch-compile-bn plugin in \`bncheck list\` (implementations/frameworks/torch_compile.py)"
 fi
 
 # -- the report -------------------------------------------------------------------------------------------------------
