@@ -152,7 +152,8 @@ def evaluate_targets(bench: dict | None, impl: str = "triton-bn", smallc_min_row
             if value < t.threshold:
                 notes.insert(0, f"{100 * (1 - value / t.threshold):.1f} % below the threshold")
             if failed:
-                notes.append(f"{len(failed)} row(s) did not run: {failed[0].get('error') or 'no timing'}")
+                notes.append(f"{len(failed)} row(s) without a figure: "
+                             f"{failed[0].get('error') or 'no torch-native timing to compare with'}")
         out.append(TargetResult(status=status, note="; ".join(notes), **base))
     return out
 
@@ -172,6 +173,36 @@ def roofline_summary(bench: dict | None) -> list[dict]:
     return [dict(implementation=i, op=op, dtype=d, passes=PASSES[op], geomean_pct=geomean(groups[i, op, d]),
                  min_pct=min(groups[i, op, d]), max_pct=max(groups[i, op, d]), rows=len(groups[i, op, d]))
             for i, op, d in keys]
+
+
+def launch_plans(bench: dict | None, device: str | None = None) -> dict:
+    """triton-bn's launch plan for every timed shape (``bncheck.triton_kernels.make_plan``: tiles, reduction split,
+    grids), to read next to the timings; ``{"error": ...}`` where the kernels cannot be imported. Computed where the
+    report is built, so for the GPU's SM count only on the machine that ran the timings."""
+    if not bench:
+        return {"plans": []}
+    try:
+        import torch
+
+        from . import triton_kernels as K
+    except Exception as e:   # no triton here: the report goes on without plans
+        return {"error": f"{type(e).__name__}: {e}"[:200], "plans": []}
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    plans, seen = [], set()
+    for r in bench["rows"]:
+        key = (r["shape"], r["layout"])
+        if key in seen:
+            continue
+        seen.add(key)
+        shape = _shape(r)
+        N, C, S = shape[0], shape[1], math.prod(shape[2:])
+        kernel_layout = "cl" if r["layout"] in ("nhwc", "ndhwc") or S == 1 else "cf"
+        p = K.make_plan(kernel_layout, N, C, S, dev)
+        plans.append(dict(shape=r["shape"], layout=r["layout"], kernel_layout=kernel_layout,
+                          reduce_tile=f"{p.red_a}x{p.red_b}", split=p.split, per_split=p.per_split,
+                          reduce_grid="x".join(map(str, p.red_grid)), apply_tile=f"{p.app_a}x{p.app_b}",
+                          apply_grid="x".join(map(str, p.app_grid))))
+    return {"device": str(dev), "interpreted": bool(K.INTERPRET), "sms": K._num_sms(dev), "plans": plans}
 
 
 def verification_summary(run: dict | None) -> dict | None:
@@ -306,7 +337,7 @@ def build(env: dict, steps: list[dict], verify: dict | None, compile_run: dict |
                 compile_verification=verification_summary(compile_run), target_impl=impl,
                 smallc=dict(max_c=SMALLC_MAX_C, min_rows=smallc_min_rows),
                 targets=[asdict(t) for t in evaluate_targets(bench, impl, smallc_min_rows)],
-                roofline=roofline_summary(bench), timings=bench)
+                roofline=roofline_summary(bench), launch_plans=launch_plans(bench), timings=bench)
 
 
 def _f(v, spec=".3g") -> str:
@@ -377,6 +408,21 @@ def render_markdown(rep: dict) -> str:
                                 _f(r["min_pct"]), _f(r["max_pct"]), r["rows"]] for r in rep["roofline"]],
                               headers=["implementation", "op", "dtype", "passes", "geomean %", "min %", "max %",
                                        "rows"], tablefmt="pipe", disable_numparse=True))
+    lp = rep.get("launch_plans") or {}
+    if lp.get("plans") or lp.get("error"):
+        lines += ["", "### Launch plans of triton-bn", ""]
+        if lp.get("error"):
+            lines.append(f"Not available: {lp['error']}")
+        else:
+            lines += [f"For {lp['sms']} SMs on {lp['device']}" + (" (interpreter tiling)" if lp["interpreted"] else "")
+                      + ": reduction tile (rows x columns of the kernel's view), programs per channel or column "
+                        "block (split), tiles or rows each owns, grids.", ""]
+            lines.append(tabulate([[p["shape"], p["layout"], p["kernel_layout"], p["reduce_tile"], p["split"],
+                                    p["per_split"], p["reduce_grid"], p["apply_tile"], p["apply_grid"]]
+                                   for p in lp["plans"]],
+                                  headers=["shape", "layout", "kernel view", "reduce tile", "split", "per split",
+                                           "reduce grid", "apply tile", "apply grid"], tablefmt="pipe",
+                                  disable_numparse=True))
     lines += ["", "## Timings", ""]
     lines.append(bench_md(rep["timings"]).split("\n", 1)[1].lstrip() if rep["timings"]
                  else "Not available: the bench step did not finish (see Steps).")

@@ -72,6 +72,7 @@ if [ "$MODE" = cuda ]; then
 else
     # a copy of the tracked and untracked-but-not-ignored files, so the smoke run leaves the repository untouched
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-smoke.XXXXXX")
+    [ -z "$OUT" ] || trap 'cd / && rm -rf "$WORK"' EXIT   # with --out the copy goes once the run ends, however
     if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         (cd "$REPO" && git ls-files -z -co --exclude-standard | tar cf - --null -T - 2>/dev/null) | tar xf - -C "$WORK"
     else
@@ -242,7 +243,6 @@ if [ -n "$OUT" ]; then
     tar czf "$OUT/logs.tar.gz" -C "$GPU_DIR" logs $(cd "$GPU_DIR" && ls -d verify compile bench.json bench.md \
         2>/dev/null)
     echo "gpu-check: copied latest.md, latest.json and logs.tar.gz to $OUT"
-    [ "$MODE" = cuda ] || rm -rf "$WORK"
 elif [ "$MODE" != cuda ]; then
     echo "gpu-check: the smoke run's copy of the repository stays in $WORK"
 fi

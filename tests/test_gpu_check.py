@@ -84,7 +84,7 @@ def test_rows_that_did_not_run_make_a_target_missed_and_no_rows_leave_it_not_eva
             row("triton-bn", "backward", BIG, dtype="bfloat16", error="RuntimeError: boom")]
     t = by_id(G.evaluate_targets(bench_result(rows)))
     assert t["backward"].status == "missed" and t["backward"].value == 2.0 and t["backward"].failed_rows == 1
-    assert "1 row(s) did not run: RuntimeError: boom" in t["backward"].note
+    assert "1 row(s) without a figure: RuntimeError: boom" in t["backward"].note
     assert t["forward-train"].status == "not evaluated" and "triton-bn was not timed" in t["forward-train"].note
     assert "small-C" in t["forward-train-small-c"].note
     only_failed = by_id(G.evaluate_targets(bench_result(rows[1:])))["backward"]
@@ -148,7 +148,8 @@ def test_report_from_a_real_bench_and_a_run_report(tmp_path):
     md = (out / "latest.md").read_text()
     for part in ("# GPU check, CPU smoke run", "## Environment", f"- torch: `{torch.__version__}`", "copy bandwidth",
                  "## Steps", "## Verification against the oracle", "unexpected: nan-inf", "Not run (see Steps)",
-                 "## Targets", "### Fraction of the roofline", "## Timings", "geomean"):
+                 "## Targets", "### Fraction of the roofline", "### Launch plans of triton-bn", "## Timings",
+                 "geomean"):
         assert part in md, part
 
 
