@@ -257,6 +257,63 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# compiling ahead of the timing
+
+
+def _precompile_one(task) -> str | None:
+    """Worker: one implementation on one shape and dtype, once through the three operations; an error string or
+    None."""
+    source, name, shape, channels_last, dtype_name, device = task
+    try:
+        import torch
+
+        from .registry import Registry
+        from .spec import Spec, Unsupported
+        torch.set_num_threads(1)
+        reg = Registry()
+        reg.load_source(source)
+        dtype = getattr(torch, dtype_name)
+        fmt = ((torch.channels_last if len(shape) == 4 else torch.channels_last_3d) if channels_last
+               else torch.contiguous_format)
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        try:
+            module = reg.implementations[name].build(Spec(shape[1], ndim=len(shape), device=device,
+                                                          dtype=torch.float32))
+        except Unsupported:
+            return None
+        module.train()
+        with torch.no_grad():
+            module(x)
+        module.eval()
+        with torch.no_grad():
+            module(x)
+        module.train()
+        xg = x.detach().requires_grad_()
+        y = module(xg)
+        torch.autograd.grad(y, [xg] + [p for p in module.parameters() if p.requires_grad], torch.randn_like(y),
+                            allow_unused=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return None
+    except Exception as e:   # the timing run records the same error in its rows
+        return f"{name} {'x'.join(map(str, shape))} {dtype_name}: {type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+def precompile(registry, names, device: str, shapes: str, dtypes, jobs: int) -> dict:
+    """Run every named implementation once on every shape and dtype, spread over ``jobs`` worker processes, before
+    anything is timed: JIT compilers that cache what they build on disk (Triton) then compile in parallel, and the
+    timing run finds the kernels built. Returns ``{"tasks", "seconds", "errors"}``."""
+    import multiprocessing as mp
+    import time
+    t0 = time.monotonic()
+    tasks = [(registry.implementations[n].source, n, shape, cl, d, device)
+             for shape, cl in shapes_for(shapes, device) for d in dtypes for n in names]
+    with mp.get_context("spawn").Pool(max(1, min(jobs, len(tasks)))) as pool:
+        errors = [e for e in pool.imap_unordered(_precompile_one, tasks) if e]
+    return {"tasks": len(tasks), "seconds": time.monotonic() - t0, "errors": errors}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # command line and rendering (no torch needed to render)
 
 
@@ -274,12 +331,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
     parser.add_argument("--rep-ms", type=float, default=None, metavar="MS",
                         help="time spent measuring each operation (default: 100 on CUDA, 200 on the CPU)")
+    parser.add_argument("--precompile-jobs", type=int, default=0, metavar="N",
+                        help="first run every implementation once per shape and dtype in N processes, so that JIT "
+                             "kernels (Triton caches them on disk) are compiled in parallel before the timing")
 
 
 def run_named(registry, names=None, device: str | None = None, shapes: str = "default", dtypes=None,
-              rep_ms: float | None = None) -> dict:
+              rep_ms: float | None = None, precompile_jobs: int = 0) -> dict:
     """Time the named BatchNorm implementations of ``registry`` (default: all of them); ``ValueError`` names a
-    bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA)."""
+    bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA).
+    ``precompile_jobs``: see :func:`precompile` (its summary goes into the header)."""
+    if precompile_jobs < 0:
+        raise ValueError(f"--precompile-jobs {precompile_jobs}: must be 0 (off) or more")
     if rep_ms is not None and not (math.isfinite(rep_ms) and rep_ms > 0):
         raise ValueError(f"--rep-ms {rep_ms}: must be a positive number of milliseconds")
     import torch
@@ -293,13 +356,20 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
     if other:
         raise ValueError(f"--impl {other[0]}: a {registry.implementations[other[0]].kind} plugin; "
                          f"only BatchNorm implementations are timed")
-    dtypes = [getattr(torch, d) for d in (dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))]
-    return bench({n: registry.implementations[n].build for n in names}, device, shapes, dtypes, rep_ms)
+    dtype_names = list(dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))
+    shapes_for(shapes, device)   # a bad shape set is named before any work
+    pre = precompile(registry, names, device, shapes, dtype_names, precompile_jobs) if precompile_jobs else None
+    result = bench({n: registry.implementations[n].build for n in names}, device, shapes,
+                   [getattr(torch, d) for d in dtype_names], rep_ms)
+    if pre:
+        result["header"]["precompile"] = pre
+    return result
 
 
 def run_from_args(args, registry) -> dict:
     """``bncheck bench``: :func:`run_named` with the parsed arguments, and ``--json``."""
-    result = run_named(registry, args.impl, args.device, args.shapes, args.dtype, getattr(args, "rep_ms", None))
+    result = run_named(registry, args.impl, args.device, args.shapes, args.dtype, getattr(args, "rep_ms", None),
+                       getattr(args, "precompile_jobs", 0))
     if args.json:
         import json
         with open(args.json, "w") as f:
@@ -317,6 +387,8 @@ def render_markdown(result: dict) -> str:
     lines = [f"# BatchNorm timings on {h.get('device')}", "",
              f"- torch {h.get('torch')}, triton {h.get('triton') or 'not installed'}",
              f"- timer: {h.get('timer')}",
+             *([f"- compiled ahead: {h['precompile']['tasks']} runs in {h['precompile']['seconds']:.1f} s, "
+                f"{len(h['precompile']['errors'])} error(s)"] if h.get("precompile") else []),
              f"- copy bandwidth (read + write of a large copy): {h.get('copy_gbps', 0):.1f} GB/s",
              f"- ratio = torch time / implementation time (> 1: faster than torch native); "
              f"GB/s from the minimal-bytes model ({h.get('bytes_model')})", ""]
@@ -339,4 +411,4 @@ def render_markdown(result: dict) -> str:
 
 
 __all__ = ["OPS", "NATIVE", "SHAPE_SETS", "RESNET50_CHW", "add_arguments", "bench", "bytes_moved",
-           "copy_bandwidth", "render_markdown", "run_from_args", "shapes_for"]
+           "copy_bandwidth", "precompile", "render_markdown", "run_from_args", "run_named", "shapes_for"]

@@ -27,11 +27,6 @@ import csv
 import datetime
 import json
 import math
-import os
-import platform
-import re
-import shutil
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -205,6 +200,40 @@ def launch_plans(bench: dict | None, device: str | None = None) -> dict:
     return {"device": str(dev), "interpreted": bool(K.INTERPRET), "sms": K._num_sms(dev), "plans": plans}
 
 
+def merge_runs(runs: list) -> dict | None:
+    """One ``bncheck run`` report from several over disjoint groups of properties (the GPU check runs them side by
+    side): per implementation, cases and worker seconds add up, findings and properties are joined, the worst
+    error / budget per dtype is the largest (None, unbounded, wins), and the verdict is recomputed."""
+    from .report import verdict
+    runs = [r for r in runs if r]
+    if len(runs) <= 1:
+        return runs[0] if runs else None
+    impls: dict = {}
+    for run in runs:
+        for r in run.get("implementations", []):
+            m = impls.setdefault(r["name"], dict(name=r["name"], expect=r.get("expect", []), cases=0,
+                                                 declined_cases=0, findings=[], worst_ratio_by_dtype={},
+                                                 properties={}, seconds=0.0))
+            m["cases"] += r.get("cases", 0)
+            m["declined_cases"] += r.get("declined_cases", 0)
+            seen = {(f["id"], f.get("property")) for f in m["findings"]}
+            m["findings"] += [f for f in r.get("findings", []) if (f["id"], f.get("property")) not in seen]
+            worst = m["worst_ratio_by_dtype"]
+            for k, v in (r.get("worst_ratio_by_dtype") or {}).items():
+                worst[k] = None if v is None or (k in worst and worst[k] is None) else max(v, worst.get(k, 0.0))
+            m["properties"].update(r.get("properties") or {})
+            m["seconds"] += r.get("seconds") or 0.0
+    for m in impls.values():
+        m.update(verdict(m))
+    errors = []
+    for run in runs:
+        errors += [e for e in run.get("load_errors", []) if e not in errors]
+    ok = all(m["verdict"] != "unexpected" for m in impls.values()) and not errors
+    env = dict(runs[0].get("environment", {}), runs=len(runs))
+    return dict(environment=env, exit_status=0 if ok else 1, implementations=list(impls.values()),
+                load_errors=errors)
+
+
 def verification_summary(run: dict | None) -> dict | None:
     """The parts of a ``bncheck run`` JSON report the GPU report shows."""
     if not run:
@@ -217,83 +246,6 @@ def verification_summary(run: dict | None) -> dict | None:
              for r in run.get("implementations", [])]
     return dict(environment=run.get("environment", {}), exit_status=run.get("exit_status"), implementations=impls,
                 load_errors=[f"{e.get('origin')}: {e.get('message')}" for e in run.get("load_errors", [])])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# environment
-
-
-def _nvidia_smi() -> dict:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return {"nvidia_smi": "not found"}
-    out = {}
-    try:
-        q = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        first = q.stdout.strip().splitlines()[0] if q.stdout.strip() else ""
-        fields = [f.strip() for f in first.split(",")]
-        if len(fields) == 5:
-            out.update(gpu=fields[0], driver=fields[1], gpu_memory=fields[2], max_sm_clock=fields[3],
-                       max_mem_clock=fields[4])
-        else:
-            out["nvidia_smi"] = (q.stderr or q.stdout).strip()[:200] or f"exit {q.returncode}"
-        head = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
-        m = re.search(r"CUDA Version:\s*([\d.]+)", head)
-        if m:
-            out["driver_cuda"] = m.group(1)
-    except (OSError, subprocess.SubprocessError, IndexError) as e:
-        out["nvidia_smi"] = f"{type(e).__name__}: {e}"[:200]
-    return out
-
-
-def _dist_version(*names) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-    for n in names:
-        try:
-            return version(n)
-        except PackageNotFoundError:
-            continue
-    return None
-
-
-def collect_environment(device: str) -> dict:
-    """The machine and software versions (imports torch, not triton: importing triton would fix its mode)."""
-    import torch
-
-    from . import __version__
-    env = dict(device_type=device, bncheck=__version__, python=platform.python_version(), torch=torch.__version__,
-               torch_cuda=torch.version.cuda, triton=_dist_version("triton", "pytorch-triton"),
-               cuda_available=torch.cuda.is_available(), triton_interpret=os.environ.get("TRITON_INTERPRET"),
-               cpu=_cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform())
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env.update(gpu=torch.cuda.get_device_name(0), sms=props.multi_processor_count,
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}",
-                   cudnn=torch.backends.cudnn.version())
-    env.update(_nvidia_smi())
-    env["commit"] = _git_commit()
-    return env
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,15 +277,18 @@ def _load(path):
         return {"_unreadable": f"{p}: {e}"}
 
 
-def build(env: dict, steps: list[dict], verify: dict | None, compile_run: dict | None, bench: dict | None,
+def build(env: dict, steps: list[dict], verify: list, compile_run: dict | None, bench: dict | None,
           mode: str, impl: str = "triton-bn", smallc_min_rows: int = SMALLC_MIN_ROWS) -> dict:
-    problems = [d["_unreadable"] for d in (verify, compile_run, bench) if isinstance(d, dict) and "_unreadable" in d]
-    verify, compile_run, bench = (None if isinstance(d, dict) and "_unreadable" in d else d
-                                  for d in (verify, compile_run, bench))
+    """``verify``: the run reports of the verification (one, or several over disjoint property groups)."""
+    docs = [*verify, compile_run, bench]
+    problems = [d["_unreadable"] for d in docs if isinstance(d, dict) and "_unreadable" in d]
+    verify, compile_run, bench = ([d for d in verify if d and "_unreadable" not in d],
+                                  *(None if isinstance(d, dict) and "_unreadable" in d else d
+                                    for d in (compile_run, bench)))
     return dict(schema_version=SCHEMA_VERSION, mode=mode,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 environment=env, copy_gbps=(bench or {}).get("header", {}).get("copy_gbps"), steps=steps,
-                unreadable=problems, verification=verification_summary(verify),
+                unreadable=problems, verification=verification_summary(merge_runs(verify)),
                 compile_verification=verification_summary(compile_run), target_impl=impl,
                 smallc=dict(max_c=SMALLC_MAX_C, min_rows=smallc_min_rows),
                 targets=[asdict(t) for t in evaluate_targets(bench, impl, smallc_min_rows)],
@@ -350,8 +305,10 @@ def _verification_md(title: str, v: dict | None, missing: str) -> list[str]:
     if not v:
         return lines + [missing]
     e = v["environment"]
-    lines += [f"`bncheck run` on {e.get('device')}, profile `{e.get('profile')}`, seed {e.get('seed')}: exit status "
-              f"{v['exit_status']} (0: every implementation's findings equal its expect set).", ""]
+    runs = (f" ({e['runs']} runs side by side over disjoint groups of properties, merged)"
+            if e.get("runs", 1) > 1 else "")
+    lines += [f"`bncheck run` on {e.get('device')}, profile `{e.get('profile')}`, seed {e.get('seed')}{runs}: exit "
+              f"status {v['exit_status']} (0: every implementation's findings equal its expect set).", ""]
     rows = [[r["name"], r["verdict"], f"{r['cases']} ({r['declined_cases']} declined)",
              ", ".join(f"{k} {_f(x)}" for k, x in r["worst_ratio_by_dtype"].items()) or "-",
              ", ".join(r["findings"]) or "-",
@@ -448,7 +405,8 @@ def main(argv=None) -> int:
     b.add_argument("--mode", choices=("cuda", "cpu-smoke"), required=True)
     b.add_argument("--env", required=True, metavar="FILE")
     b.add_argument("--steps", default=None, metavar="FILE")
-    b.add_argument("--verify", default=None, metavar="FILE", help="bncheck run's JSON report")
+    b.add_argument("--verify", action="append", default=[], metavar="FILE",
+                   help="bncheck run's JSON report, repeatable (runs over disjoint property groups are merged)")
     b.add_argument("--compile", default=None, metavar="FILE", help="bncheck run's JSON report (torch.compile)")
     b.add_argument("--bench", default=None, metavar="FILE", help="bncheck bench's JSON result")
     b.add_argument("--impl", default="triton-bn", help="the implementation the targets are for")
@@ -457,6 +415,7 @@ def main(argv=None) -> int:
     b.add_argument("--out", required=True, metavar="DIR")
     args = p.parse_args(argv)
     if args.command == "environment":
+        from .gpu_env import collect_environment
         env = collect_environment(args.device)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(env, indent=1) + "\n")
@@ -468,7 +427,8 @@ def main(argv=None) -> int:
     if args.smallc_min_rows < 1:
         p.error(f"--smallc-min-rows {args.smallc_min_rows}: must be at least 1")
     env = _load(args.env) or {"note": f"no environment file at {args.env}"}
-    rep = build(env, read_steps(args.steps), _load(args.verify), _load(args.compile), _load(args.bench), args.mode,
+    rep = build(env, read_steps(args.steps), [_load(v) for v in args.verify], _load(args.compile), _load(args.bench),
+                args.mode,
                 args.impl, args.smallc_min_rows)
     md, js = write(rep, args.out)
     for t in rep["targets"]:

@@ -66,6 +66,11 @@ if [ "$MODE" = cuda ]; then
     COMPILE_PROFILE=quick         # torch.compile recompiles per shape: the quick profile keeps it within limits
     SHAPES=gpu
     REP_MS=25                     # do_bench: 25 ms of timed runs per operation (at least ~50 runs here)
+    # Triton compiles a kernel per specialisation (~260 for the quick profile's shapes and dtypes, ~230 for the gpu
+    # shape set): the verification runs in groups of properties side by side, and the bench compiles ahead in
+    # parallel, so the compilations use the machine's cores
+    VERIFY_GROUPS=5
+    PRECOMPILE_JOBS=12
     SMALLC_MIN_ROWS=1048576
     # per-step limits (seconds), each cut to the budget left; the bench's Triton compilations are in its limit
     T_SETUP=120 T_ENV=60 T_VERIFY=180 T_BENCH=210 T_COMPILE=120 T_REPORT=60
@@ -85,6 +90,8 @@ else
     SHAPES=smoke
     REP_MS=2
     SMALLC_MIN_ROWS=4096          # the smoke set's (64, 3, 8, 8) counts as small-C
+    VERIFY_GROUPS=2
+    PRECOMPILE_JOBS=2
     T_SETUP=120 T_ENV=60 T_VERIFY=150 T_BENCH=150 T_COMPILE=60 T_REPORT=60
 fi
 cd "$WORK" || exit 1
@@ -208,14 +215,43 @@ if [ "$MODE" = cuda ] && command -v nvidia-smi >/dev/null; then
 fi
 
 # -- verification of the compiled kernels and torch's CUDA paths against the oracle --------------------------------
+# VERIFY_GROUPS runs of `bncheck run` side by side, each over every other VERIFY_GROUPS-th property, into
+# verify/<group>/latest.json (merged by the report; a group that finishes keeps its report if another times out)
+verify_groups() {
+    local props i j p pids=() rc=0 r
+    props=$("$VPY" -c 'from bncheck.properties import PROPERTIES; print(" ".join(p.name for p in PROPERTIES))') ||
+        return 1
+    for ((i = 0; i < VERIFY_GROUPS; i++)); do
+        local args=() j=0
+        for p in $props; do
+            [ $((j % VERIFY_GROUPS)) -eq "$i" ] && args+=(--property "$p")
+            j=$((j + 1))
+        done
+        [ ${#args[@]} -gt 0 ] || continue
+        echo "group $i: ${args[*]}"
+        "$VPY" -m bncheck run --device "$DEVICE" --kind batchnorm --impl triton-bn --impl torch-bn2d \
+            --impl torch-functional --profile "$PROFILE" --jobs 3 "${args[@]}" --out "$GPU_DIR/verify/$i" \
+            >"$LOGS/verify-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}"
+        r=$?
+        echo "group $i: exit $r"
+        tail -n 4 "$LOGS/verify-$i.log"
+        [ "$r" -gt "$rc" ] && rc=$r
+    done
+    return "$rc"
+}
+export VPY DEVICE PROFILE GPU_DIR LOGS VERIFY_GROUPS
+export -f verify_groups
 step verify "$T_VERIFY" "exit 1: an unexpected or missing finding, or a plugin failed to load (see Verification)" \
-    "${BNCHECK[@]}" run --device "$DEVICE" --kind batchnorm --impl triton-bn --impl torch-bn2d \
-    --impl torch-functional --profile "$PROFILE" --jobs 3 --out "$GPU_DIR/verify"
+    bash -c verify_groups
 
 # -- timings: triton-bn against torch native -------------------------------------------------------------------------
 step bench "$T_BENCH" "the bench did not finish" \
     "${BNCHECK[@]}" bench --device "$DEVICE" --shapes "$SHAPES" --dtype float32 --dtype float16 --dtype bfloat16 \
-    --impl triton-bn --rep-ms "$REP_MS" --out "$GPU_DIR"
+    --impl triton-bn --rep-ms "$REP_MS" --precompile-jobs "$PRECOMPILE_JOBS" --out "$GPU_DIR"
 
 # -- torch.compile of torch's BatchNorm (when the framework plugin is there) ------------------------------------------
 skipped compile || "${BNCHECK[@]}" list >"$LOGS/list.log" 2>&1
@@ -231,9 +267,13 @@ fi
 # -- the report -------------------------------------------------------------------------------------------------------
 # the report step reads the step log, so its own line is appended afterwards: its outcome shows in the output and
 # the exit status
+VERIFY_REPORTS=()
+for f in "$GPU_DIR"/verify/*/latest.json; do
+    [ -f "$f" ] && VERIFY_REPORTS+=(--verify "$f")
+done
 step report "$T_REPORT" "the report could not be written" \
     "$VPY" -m bncheck.gpu_report build --mode "$MODE" --env "$LOGS/environment.json" --steps "$STEPS" \
-    --verify "$GPU_DIR/verify/latest.json" --compile "$GPU_DIR/compile/latest.json" --bench "$GPU_DIR/bench.json" \
+    ${VERIFY_REPORTS[@]+"${VERIFY_REPORTS[@]}"} --compile "$GPU_DIR/compile/latest.json" --bench "$GPU_DIR/bench.json" \
     --smallc-min-rows "$SMALLC_MIN_ROWS" --out "$GPU_DIR"
 sed -n '/^target /p; /^wrote /p' "$LOGS/report.log"
 echo "gpu-check: $MODE run took $(($(date +%s) - START)) s; report: $GPU_DIR/latest.md"

@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bncheck import bench as B  # noqa: E402
+from bncheck import gpu_env  # noqa: E402
 from bncheck import gpu_report as G  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,30 @@ def test_small_c_classification_and_roofline():
     assert G.roofline_pct(row("x", "backward", (10, 10), error="x"), 1000.0) is None
 
 
+def test_runs_over_disjoint_property_groups_merge_into_one_verdict():
+    def impl(name, cases, findings, worst, props, expect=()):
+        return dict(name=name, expect=list(expect), cases=cases, declined_cases=1, seconds=2.0,
+                    findings=[{"id": f, "property": props[0]} for f in findings], worst_ratio_by_dtype=worst,
+                    properties={p: {} for p in props})
+    env = {"device": "cuda (H200)", "profile": "default", "seed": 0}
+    a = {"environment": env, "exit_status": 0, "load_errors": [], "implementations": [
+        impl("triton-bn", 10, [], {"float32": 0.5, "float16": 0.2}, ["forward"]),
+        impl("seedy", 5, [], {"float32": 0.1}, ["forward"], expect=["inverted-momentum"])]}
+    b = {"environment": env, "exit_status": 1, "load_errors": [], "implementations": [
+        impl("triton-bn", 7, ["nan-inf"], {"float32": 0.9, "float16": None}, ["gradients"]),
+        impl("seedy", 6, ["inverted-momentum"], {"float32": 0.3}, ["running-stats"], expect=["inverted-momentum"])]}
+    m = G.merge_runs([a, None, b])
+    assert m["environment"]["runs"] == 2 and m["exit_status"] == 1
+    t, s = m["implementations"]
+    assert (t["name"], t["cases"], t["declined_cases"], t["seconds"]) == ("triton-bn", 17, 2, 4.0)
+    assert t["worst_ratio_by_dtype"] == {"float32": 0.9, "float16": None}     # unbounded wins
+    assert set(t["properties"]) == {"forward", "gradients"}
+    assert t["verdict"] == "unexpected" and t["unexpected"] == ["nan-inf"]
+    # an expected finding named in one group and absent from the other is found, not missing
+    assert s["verdict"] == "as expected" and s["missing"] == []
+    assert G.merge_runs([a])["exit_status"] == 0 and G.merge_runs([None]) is None
+
+
 class Scale(torch.nn.Module):
     def __init__(self, spec):
         super().__init__()
@@ -125,7 +150,7 @@ def test_report_from_a_real_bench_and_a_run_report(tmp_path):
     (tmp_path / "verify.json").write_text(json.dumps(run))
     (tmp_path / "steps.tsv").write_text("setup\tok\t0\t12\t\tlogs/setup.log\nverify\tfailed\t1\t30\tsee below\t"
                                         "logs/verify.log\ncompile\tskipped\t-\t0\tno plugin\tlogs/compile.log\n")
-    env = G.collect_environment("cpu")
+    env = gpu_env.collect_environment("cpu")
     assert env["torch"] == torch.__version__ and env["python"] and env["cpu"] and "nvidia_smi" in env
     (tmp_path / "env.json").write_text(json.dumps(env))
     out = tmp_path / "gpu"
@@ -202,10 +227,11 @@ def test_script_full_cpu_smoke_run(tmp_path):
     for key in ("torch", "triton", "python", "cpu", "nvidia_smi"):
         assert env.get(key), key
     v = rep["verification"]
-    assert v["exit_status"] == 0 and v["environment"]["profile"] == "quick"
+    assert v["exit_status"] == 0 and v["environment"]["profile"] == "quick" and v["environment"]["runs"] == 2
     assert {(i["name"], i["verdict"]) for i in v["implementations"]} == {
         ("triton-bn", "clean"), ("torch-bn2d", "clean"), ("torch-functional", "clean")}
     assert rep["timings"]["header"]["shape_set"] == "smoke" and rep["copy_gbps"] > 0
+    assert rep["timings"]["header"]["precompile"]["errors"] == []
     assert set(rep["timings"]["header"]["dtypes"]) == {"float32", "float16", "bfloat16"}
     for t in rep["targets"]:
         assert t["status"] in ("met", "missed") and t["value"] is not None and t["rows"] > 0, t
