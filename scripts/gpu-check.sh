@@ -7,7 +7,7 @@
 #
 #   --cpu-smoke  the same steps on the CPU, in a temporary copy of the repository: the quick profile, tiny shapes,
 #                triton under TRITON_INTERPRET=1 (checks this script's logic; its figures mean nothing)
-#   --budget S   wall-clock limit for all steps in seconds (default 450; smoke 420); each step has its own limit,
+#   --budget S   wall-clock limit for all steps in seconds (default 450; smoke 720); each step has its own limit,
 #                cut to what is left, and the report is always written
 #   --out DIR    also copy latest.md, latest.json and logs.tar.gz (every step's log and output) to DIR
 #   --python PY  the Python whose torch to reuse (default: $PYTHON, else python3)
@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 case ${BUDGET:-x} in
-    x) BUDGET=$([ "$MODE" = cuda ] && echo 450 || echo 420) ;;
+    x) BUDGET=$([ "$MODE" = cuda ] && echo 450 || echo 720) ;;
     *[!0-9]*|'') echo "gpu-check: --budget '$BUDGET': a whole number of seconds" >&2; exit 2 ;;
 esac
 command -v "$PY" >/dev/null 2>&1 || { echo "gpu-check: --python '$PY': not found" >&2; exit 2; }
@@ -69,7 +69,7 @@ if [ "$MODE" = cuda ]; then
     # Triton compiles a kernel per specialisation (~260 for the quick profile's shapes and dtypes, ~230 for the gpu
     # shape set): the verification runs in groups of properties side by side, and the bench compiles ahead in
     # parallel, so the compilations use the machine's cores
-    VERIFY_GROUPS=5
+    VERIFY_GROUPS=5 VERIFY_JOBS=3  # 5 runs of 3 workers (one per implementation) on 16 cores
     PRECOMPILE_JOBS=12
     SMALLC_MIN_ROWS=1048576
     # per-step limits (seconds), each cut to the budget left; the bench's Triton compilations are in its limit
@@ -90,9 +90,9 @@ else
     SHAPES=smoke
     REP_MS=2
     SMALLC_MIN_ROWS=4096          # the smoke set's (64, 3, 8, 8) counts as small-C
-    VERIFY_GROUPS=2
+    VERIFY_GROUPS=2 VERIFY_JOBS=1  # two single-worker runs on two cores
     PRECOMPILE_JOBS=2
-    T_SETUP=120 T_ENV=60 T_VERIFY=150 T_BENCH=150 T_COMPILE=60 T_REPORT=60
+    T_SETUP=120 T_ENV=60 T_VERIFY=300 T_BENCH=240 T_COMPILE=60 T_REPORT=60
 fi
 cd "$WORK" || exit 1
 VENV=$WORK/.venv
@@ -230,7 +230,7 @@ verify_groups() {
         [ ${#args[@]} -gt 0 ] || continue
         echo "group $i: ${args[*]}"
         "$VPY" -m bncheck run --device "$DEVICE" --kind batchnorm --impl triton-bn --impl torch-bn2d \
-            --impl torch-functional --profile "$PROFILE" --jobs 3 "${args[@]}" --out "$GPU_DIR/verify/$i" \
+            --impl torch-functional --profile "$PROFILE" --jobs "$VERIFY_JOBS" "${args[@]}" --out "$GPU_DIR/verify/$i" \
             >"$LOGS/verify-$i.log" 2>&1 &
         pids+=($!)
     done
@@ -243,7 +243,7 @@ verify_groups() {
     done
     return "$rc"
 }
-export VPY DEVICE PROFILE GPU_DIR LOGS VERIFY_GROUPS
+export VPY DEVICE PROFILE GPU_DIR LOGS VERIFY_GROUPS VERIFY_JOBS
 export -f verify_groups
 step verify "$T_VERIFY" "exit 1: an unexpected or missing finding, or a plugin failed to load (see Verification)" \
     bash -c verify_groups

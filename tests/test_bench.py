@@ -83,3 +83,19 @@ def test_add_arguments():
     a = p.parse_args(["--device", "cpu", "--shapes", "tiny", "--dtype", "float32", "--dtype", "bfloat16",
                       "--impl", "a", "--impl", "b"])
     assert (a.device, a.shapes, a.dtype, a.impl) == ("cpu", "tiny", ["float32", "bfloat16"], ["a", "b"])
+
+
+def test_run_named_names_bad_arguments_before_any_work():
+    reg = bncheck.Registry()
+    reg.declare("batchnorm", "scale", Scale)
+    for kwargs, msg in ((dict(rep_ms=0.0), "--rep-ms 0.0"), (dict(rep_ms=float("nan")), "--rep-ms nan"),
+                        (dict(precompile_jobs=-1), "--precompile-jobs -1"),
+                        (dict(shapes="nonsense"), "unknown shape set 'nonsense'"),
+                        (dict(names=["missing"]), "--impl missing: unknown implementation")):
+        kwargs = dict(dict(names=["scale"], device="cpu"), **kwargs)
+        try:
+            B.run_named(reg, **kwargs)
+        except ValueError as e:
+            assert msg in str(e), (kwargs, e)
+        else:
+            raise AssertionError(f"no error for {kwargs}")

@@ -215,7 +215,7 @@ def test_script_smoke_without_the_long_steps_still_writes_the_report(tmp_path):
 @pytest.mark.slow
 def test_script_full_cpu_smoke_run(tmp_path):
     """Every step on the CPU: setup of a fresh .venv in a copy of the repository, verification (quick profile),
-    bench on the smoke shapes, report. About 3 to 4 minutes on 2 cores."""
+    bench on the smoke shapes, report. 4 to 6 minutes on 2 shared cores."""
     p, seconds = run_script("--out", str(tmp_path), timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     rep = json.loads((tmp_path / "latest.json").read_text())
