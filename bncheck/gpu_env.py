@@ -9,10 +9,20 @@ import shutil
 import subprocess
 
 
+def _driver_from_proc() -> dict:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            m = re.search(r"Kernel Module\s+([\d.]+)", f.read())
+        return {"driver": m.group(1)} if m else {}
+    except OSError:
+        return {}
+
+
 def _nvidia_smi() -> dict:
-    exe = shutil.which("nvidia-smi")
+    exe = shutil.which("nvidia-smi") or next(
+        (p for p in ("/usr/local/nvidia/bin/nvidia-smi", "/usr/bin/nvidia-smi") if os.access(p, os.X_OK)), None)
     if not exe:
-        return {"nvidia_smi": "not found"}
+        return {"nvidia_smi": "not found", **_driver_from_proc()}
     out = {}
     try:
         q = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
@@ -30,6 +40,8 @@ def _nvidia_smi() -> dict:
             out["driver_cuda"] = m.group(1)
     except (OSError, subprocess.SubprocessError, IndexError) as e:
         out["nvidia_smi"] = f"{type(e).__name__}: {e}"[:200]
+    if "driver" not in out:
+        out.update(_driver_from_proc())
     return out
 
 

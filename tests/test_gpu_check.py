@@ -130,6 +130,23 @@ def test_runs_over_disjoint_property_groups_merge_into_one_verdict():
     assert G.merge_runs([a])["exit_status"] == 0 and G.merge_runs([None]) is None
 
 
+def test_nvidia_smi_output_is_read(tmp_path, monkeypatch):
+    """The GPU model, driver and CUDA version from nvidia-smi's output (a stand-in executable printing what the
+    tool prints on an H200 machine; the parsing is what is tested)."""
+    exe = tmp_path / "nvidia-smi"
+    exe.write_text('#!/bin/sh\ncase "$1" in --query-gpu=*) echo "NVIDIA H200, 580.159.04, 143771 MiB, 1980 MHz, '
+                   '3201 MHz" ;; *) echo "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   CUDA Version: 13.0 |"'
+                   ' ;; esac\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert gpu_env._nvidia_smi() == dict(gpu="NVIDIA H200", driver="580.159.04", gpu_memory="143771 MiB",
+                                         max_sm_clock="1980 MHz", max_mem_clock="3201 MHz", driver_cuda="13.0")
+    exe.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\n"
+                   "exit 9\n")
+    out = gpu_env._nvidia_smi()
+    assert "could not communicate" in out["nvidia_smi"] and "gpu" not in out
+
+
 class Scale(torch.nn.Module):
     def __init__(self, spec):
         super().__init__()
