@@ -277,19 +277,18 @@ def _load(path):
         return {"_unreadable": f"{p}: {e}"}
 
 
-def build(env: dict, steps: list[dict], verify: list, compile_run: dict | None, bench: dict | None,
+def build(env: dict, steps: list[dict], verify: list, compile_runs: list, bench: dict | None,
           mode: str, impl: str = "triton-bn", smallc_min_rows: int = SMALLC_MIN_ROWS) -> dict:
-    """``verify``: the run reports of the verification (one, or several over disjoint property groups)."""
-    docs = [*verify, compile_run, bench]
+    """``verify`` and ``compile_runs``: run reports (one, or several over disjoint property groups)."""
+    docs = [*verify, *compile_runs, bench]
     problems = [d["_unreadable"] for d in docs if isinstance(d, dict) and "_unreadable" in d]
-    verify, compile_run, bench = ([d for d in verify if d and "_unreadable" not in d],
-                                  *(None if isinstance(d, dict) and "_unreadable" in d else d
-                                    for d in (compile_run, bench)))
+    verify, compile_runs = ([d for d in runs if d and "_unreadable" not in d] for runs in (verify, compile_runs))
+    bench = None if isinstance(bench, dict) and "_unreadable" in bench else bench
     return dict(schema_version=SCHEMA_VERSION, mode=mode,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 environment=env, copy_gbps=(bench or {}).get("header", {}).get("copy_gbps"), steps=steps,
                 unreadable=problems, verification=verification_summary(merge_runs(verify)),
-                compile_verification=verification_summary(compile_run), target_impl=impl,
+                compile_verification=verification_summary(merge_runs(compile_runs)), target_impl=impl,
                 smallc=dict(max_c=SMALLC_MAX_C, min_rows=smallc_min_rows),
                 targets=[asdict(t) for t in evaluate_targets(bench, impl, smallc_min_rows)],
                 roofline=roofline_summary(bench), launch_plans=launch_plans(bench), timings=bench)
@@ -407,7 +406,8 @@ def main(argv=None) -> int:
     b.add_argument("--steps", default=None, metavar="FILE")
     b.add_argument("--verify", action="append", default=[], metavar="FILE",
                    help="bncheck run's JSON report, repeatable (runs over disjoint property groups are merged)")
-    b.add_argument("--compile", default=None, metavar="FILE", help="bncheck run's JSON report (torch.compile)")
+    b.add_argument("--compile", action="append", default=[], metavar="FILE",
+                   help="bncheck run's JSON report of torch.compile'd BatchNorm, repeatable (merged)")
     b.add_argument("--bench", default=None, metavar="FILE", help="bncheck bench's JSON result")
     b.add_argument("--impl", default="triton-bn", help="the implementation the targets are for")
     b.add_argument("--smallc-min-rows", type=int, default=SMALLC_MIN_ROWS, metavar="N",
@@ -427,8 +427,8 @@ def main(argv=None) -> int:
     if args.smallc_min_rows < 1:
         p.error(f"--smallc-min-rows {args.smallc_min_rows}: must be at least 1")
     env = _load(args.env) or {"note": f"no environment file at {args.env}"}
-    rep = build(env, read_steps(args.steps), [_load(v) for v in args.verify], _load(args.compile), _load(args.bench),
-                args.mode,
+    rep = build(env, read_steps(args.steps), [_load(v) for v in args.verify], [_load(c) for c in args.compile],
+                _load(args.bench), args.mode,
                 args.impl, args.smallc_min_rows)
     md, js = write(rep, args.out)
     for t in rep["targets"]:

@@ -63,7 +63,9 @@ if [ "$MODE" = cuda ]; then
     DEVICE=cuda
     unset TRITON_INTERPRET        # compiled kernels, not the interpreter
     PROFILE=default
-    COMPILE_PROFILE=quick         # torch.compile recompiles per shape: the quick profile keeps it within limits
+    # torch.compile compiles per shape: the quick profile, every property in a run of its own (compilations in
+    # parallel; Inductor's caches are shared on disk)
+    COMPILE_PROFILE=quick COMPILE_GROUPS=10 COMPILE_PROPERTIES=all
     SHAPES=gpu
     REP_MS=25                     # do_bench: 25 ms of timed runs per operation (at least ~50 runs here)
     # Triton compiles a kernel per specialisation (~260 for the quick profile's shapes and dtypes, ~230 for the gpu
@@ -86,7 +88,7 @@ else
     DEVICE=cpu
     export TRITON_INTERPRET=1
     PROFILE=quick
-    COMPILE_PROFILE=quick
+    COMPILE_PROFILE=quick COMPILE_GROUPS=1 COMPILE_PROPERTIES=forward   # Inductor's C++ on two cores: one property
     SHAPES=smoke
     REP_MS=2
     SMALLC_MIN_ROWS=4096          # the smoke set's (64, 3, 8, 8) counts as small-C
@@ -215,38 +217,43 @@ if [ "$MODE" = cuda ] && command -v nvidia-smi >/dev/null; then
 fi
 
 # -- verification of the compiled kernels and torch's CUDA paths against the oracle --------------------------------
-# VERIFY_GROUPS runs of `bncheck run` side by side, each over every other VERIFY_GROUPS-th property, into
-# verify/<group>/latest.json (merged by the report; a group that finishes keeps its report if another times out)
-verify_groups() {
-    local props i j p pids=() rc=0 r
-    props=$("$VPY" -c 'from bncheck.properties import PROPERTIES; print(" ".join(p.name for p in PROPERTIES))') ||
-        return 1
-    for ((i = 0; i < VERIFY_GROUPS; i++)); do
+# run_groups NAME PROFILE GROUPS JOBS PROPERTIES IMPL...: GROUPS runs of `bncheck run` side by side, each over every
+# GROUPS-th of PROPERTIES ("all": every property), into NAME/<group>/latest.json, logs in logs/NAME-<group>.log. The
+# report merges them; a group that finishes keeps its report if another is stopped. Exit status: the largest.
+run_groups() {
+    local name=$1 profile=$2 groups=$3 jobs=$4 props=$5 i j p pids=() rc=0 r impls=()
+    shift 5
+    for p in "$@"; do impls+=(--impl "$p"); done
+    if [ "$props" = all ]; then
+        props=$("$VPY" -c 'from bncheck.properties import PROPERTIES; print(" ".join(p.name for p in PROPERTIES))') ||
+            return 1
+    fi
+    for ((i = 0; i < groups; i++)); do
         local args=() j=0
         for p in $props; do
-            [ $((j % VERIFY_GROUPS)) -eq "$i" ] && args+=(--property "$p")
+            [ $((j % groups)) -eq "$i" ] && args+=(--property "$p")
             j=$((j + 1))
         done
         [ ${#args[@]} -gt 0 ] || continue
         echo "group $i: ${args[*]}"
-        "$VPY" -m bncheck run --device "$DEVICE" --kind batchnorm --impl triton-bn --impl torch-bn2d \
-            --impl torch-functional --profile "$PROFILE" --jobs "$VERIFY_JOBS" "${args[@]}" --out "$GPU_DIR/verify/$i" \
-            >"$LOGS/verify-$i.log" 2>&1 &
+        "$VPY" -m bncheck run --device "$DEVICE" --kind batchnorm "${impls[@]}" --profile "$profile" --jobs "$jobs" \
+            "${args[@]}" --out "$GPU_DIR/$name/$i" >"$LOGS/$name-$i.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
         wait "${pids[$i]}"
         r=$?
         echo "group $i: exit $r"
-        tail -n 4 "$LOGS/verify-$i.log"
+        tail -n 4 "$LOGS/$name-$i.log"
         [ "$r" -gt "$rc" ] && rc=$r
     done
     return "$rc"
 }
-export VPY DEVICE PROFILE GPU_DIR LOGS VERIFY_GROUPS VERIFY_JOBS
-export -f verify_groups
+export VPY DEVICE GPU_DIR LOGS
+export -f run_groups
 step verify "$T_VERIFY" "exit 1: an unexpected or missing finding, or a plugin failed to load (see Verification)" \
-    bash -c verify_groups
+    bash -c 'run_groups "$@"' run_groups verify "$PROFILE" "$VERIFY_GROUPS" "$VERIFY_JOBS" all \
+    triton-bn torch-bn2d torch-functional
 
 # -- timings: triton-bn against torch native -------------------------------------------------------------------------
 step bench "$T_BENCH" "the bench did not finish" \
@@ -257,8 +264,8 @@ step bench "$T_BENCH" "the bench did not finish" \
 skipped compile || "${BNCHECK[@]}" list >"$LOGS/list.log" 2>&1
 if skipped compile || grep -qw torch-compile-bn "$LOGS/list.log"; then
     step compile "$T_COMPILE" "exit 1: an unexpected or missing finding, or a plugin failed to load" \
-        "${BNCHECK[@]}" run --device "$DEVICE" --kind batchnorm --impl torch-compile-bn --profile "$COMPILE_PROFILE" \
-        --jobs 1 --out "$GPU_DIR/compile"
+        bash -c 'run_groups "$@"' run_groups compile "$COMPILE_PROFILE" "$COMPILE_GROUPS" 1 "$COMPILE_PROPERTIES" \
+        torch-compile-bn
 else
     record compile skipped - 0 \
         "no torch-compile-bn plugin in \`bncheck list\` (implementations/frameworks/torch_compile.py)"
@@ -267,13 +274,16 @@ fi
 # -- the report -------------------------------------------------------------------------------------------------------
 # the report step reads the step log, so its own line is appended afterwards: its outcome shows in the output and
 # the exit status
-VERIFY_REPORTS=()
+RUN_REPORTS=()
 for f in "$GPU_DIR"/verify/*/latest.json; do
-    [ -f "$f" ] && VERIFY_REPORTS+=(--verify "$f")
+    [ -f "$f" ] && RUN_REPORTS+=(--verify "$f")
+done
+for f in "$GPU_DIR"/compile/*/latest.json; do
+    [ -f "$f" ] && RUN_REPORTS+=(--compile "$f")
 done
 step report "$T_REPORT" "the report could not be written" \
     "$VPY" -m bncheck.gpu_report build --mode "$MODE" --env "$LOGS/environment.json" --steps "$STEPS" \
-    ${VERIFY_REPORTS[@]+"${VERIFY_REPORTS[@]}"} --compile "$GPU_DIR/compile/latest.json" --bench "$GPU_DIR/bench.json" \
+    ${RUN_REPORTS[@]+"${RUN_REPORTS[@]}"} --bench "$GPU_DIR/bench.json" \
     --smallc-min-rows "$SMALLC_MIN_ROWS" --out "$GPU_DIR"
 sed -n '/^target /p; /^wrote /p' "$LOGS/report.log"
 echo "gpu-check: $MODE run took $(($(date +%s) - START)) s; report: $GPU_DIR/latest.md"
