@@ -5,8 +5,8 @@
   within budget names the bug; the residual (worst error / budget under that setting) is the evidence.
 * Direct probes, for what no knob expresses: a crash is re-run with momentum=0.1, with a contiguous input and
   with another rank to tell ``momentum-none``, ``non-contiguous-crash`` and ``rank-unsupported`` from a plain
-  ``crash``; wrong values that only one input rank gives are ``rank-wrong-results``; growth of the error with |mean|/std or with the reduction size tells ``cancellation`` and
-  ``low-precision-accumulation``.
+  ``crash``; wrong values that only one input rank gives are ``rank-wrong-results``; growth of the error with
+  |mean|/std or with the reduction size tells ``cancellation`` and ``low-precision-accumulation``.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ hang cannot be provoked without hanging the check.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import diagnose, execute
 from .catalog import CATALOG
@@ -58,30 +58,35 @@ SWEEP = _probe(None, _ranks(steps=(T, E)), _ranks(steps=(T, E), affine=False),
                _sc(4, layout="channels_last", steps=(T, E)))
 
 PROBES: dict[str, Probe] = {
-    # a train step with momentum 0.1 from running statistics unlike the batch's
-    "inverted-momentum": _probe("running-stats", _ranks(steps=(T0,))),
+    # a train step from running statistics unlike the batch's, with a momentum m whose 1 - m is none of the fixed
+    # factors momentum-ignored tries (at m = 0.1, "inverted" and "0.9 whatever the argument" are the same numbers)
+    "inverted-momentum": _probe("running-stats", _ranks(steps=(T,), momentum=0.3)),
     # a momentum that none of the fixed factors equals
-    "momentum-ignored": _probe("running-stats", _ranks(steps=(T0, T0), momentum=0.3)),
+    "momentum-ignored": _probe("running-stats", _ranks(steps=(T, T), momentum=0.3)),
     # three train steps with momentum=None: a cumulative average from the second on (or a crash)
-    "momentum-none": _probe("running-stats", _ranks(steps=(T0, T0, T0), momentum=None)),
-    "biased-running-var": _probe("running-stats", _ranks(steps=(T0,))),
+    "momentum-none": _probe("running-stats", _ranks(steps=(T, T, T), momentum=None)),
+    "biased-running-var": _probe("running-stats", _ranks(steps=(T,))),
     "unbiased-normalization": _probe("forward", _ranks(steps=(T,), eps=1e-8)),
     "eps-outside-sqrt": _probe("forward", _ranks(steps=(T,), eps=0.1)),
     "eps-ignored": _probe("forward", _ranks(steps=(T,), eps=0.1)),
     "eval-uses-batch-stats": _probe("modes", _ranks(steps=(T, E))),
     "train-uses-running-stats": _probe("forward", _ranks(steps=(T,))),
-    # train without autograd, eval with it: exactly the two cases where grad mode and module.training disagree
-    "mode-from-grad-mode": _probe("modes", _ranks(steps=(T0, E))),
-    "eval-mode-ignored": _probe("modes", _ranks(steps=(E, E0))),
-    "train-mode-ignored": _probe("modes", _ranks(steps=(T, T0))),
+    # mode bugs show in the output and the running statistics together (either alone is another bug): every field
+    # is judged. Train without autograd, eval with it: exactly where grad mode and module.training disagree
+    "mode-from-grad-mode": _probe(None, _ranks(steps=(T0, E))),
+    "eval-mode-ignored": _probe(None, _ranks(steps=(E, E0))),
+    "train-mode-ignored": _probe(None, _ranks(steps=(T, T0))),
     "stats-updated-in-eval": _probe("running-stats", _ranks(steps=(E0, E))),
-    "stats-not-updated": _probe("running-stats", _ranks(steps=(T0, T0))),
+    "stats-not-updated": _probe("running-stats", _ranks(steps=(T, T))),
     "no-track-eval-uses-running": _probe("untracked", _ranks(steps=(E,), track_running_stats=False)),
     "affine-wrong": _probe("forward", _ranks(steps=(T,))),
-    "wrong-reduction-axes": _probe("forward", _ranks(steps=(T,))),
-    # a last axis equal to C (values broadcast wrongly) and one that is neither 1 nor C (a crash)
-    "stats-broadcast-axis": _probe("modes", _sc(4, shape=(4, 3, 2, 3), steps=(T, E)), _sc(3, shape=(4, 3, 3), steps=(T, E)),
-                                   _sc(4, steps=(T, E))),
+    # and with one channel, where (C,)-shaped parameters broadcast against any axis without masking the reduction
+    "wrong-reduction-axes": _probe("forward", _ranks(steps=(T,)), _sc(5, shape=(4, 1, 2, 2, 5), steps=(T,)),
+                                   _sc(3, shape=(4, 1, 5), steps=(T,))),
+    # eval from (C,) statistics: a last axis equal to C (values broadcast wrongly), then one that is neither 1 nor C
+    # (a crash)
+    "stats-broadcast-axis": _probe("modes", _sc(4, shape=(4, 3, 2, 3), steps=(E,)), _sc(3, shape=(4, 3, 3), steps=(E,)),
+                                   _sc(4, steps=(E,)), _sc(3, steps=(E,))),
     "cancellation": _probe("numerics", _sc(2, shape=(64, 3), steps=(T0,), distribution="offset", offset=1e4),
                            _sc(4, shape=(16, 3, 2, 2), steps=(T0,), distribution="offset", offset=1e4)),
     "low-precision-accumulation": _probe("numerics", *(
@@ -92,9 +97,9 @@ PROBES: dict[str, Probe] = {
     "running-stats-hold-graph": _probe("state", _ranks(steps=(T, T))),
     "stats-not-buffers": _probe("state", _ranks(steps=(T,))),
     # a step, then the buffers are read
-    "state-shape-drift": _probe("state", _ranks(steps=(T0,))),
-    "dtype-promotion": _probe("dtypes-layouts", _ranks(steps=(T0,), dtype="float16", param_dtype="float32"),
-                              _sc(4, steps=(T0,), dtype="bfloat16", param_dtype="float32")),
+    "state-shape-drift": _probe("state", _ranks(steps=(T,))),
+    "dtype-promotion": _probe("dtypes-layouts", _ranks(steps=(T,), dtype="float16", param_dtype="float32"),
+                              _sc(4, steps=(T,), dtype="bfloat16", param_dtype="float32")),
     "input-mutated": _probe("state", _ranks(steps=(T0,)), _ranks(steps=(E0,))),
     "non-contiguous-crash": _probe("dtypes-layouts", _sc(4, layout="channels_last", steps=(T,)),
                                    _sc(5, layout="channels_last", steps=(T,)), _ranks(layout="strided", steps=(T,))),
@@ -121,12 +126,12 @@ def probe_for(fid: str) -> Probe | None:
 
 
 def run_probe(impl: Implementation, fid: str, base: Knobs = TORCH, device: str = "cpu"):
-    """Run ``fid``'s probe on ``impl``: (Named, scenario, property name, scenarios run) for the first scenario
-    diagnosed as ``fid``, else (None, None, None, scenarios run)."""
+    """Run ``fid``'s probe on ``impl``: (every Named of the diagnosis, scenario, property name, scenarios run) for
+    the first scenario diagnosed as ``fid`` (among others, perhaps), else ([], None, None, scenarios run)."""
     probe = probe_for(fid)
     ran = 0
     if probe is None:
-        return None, None, None, ran
+        return [], None, None, ran
     prop = BY_NAME[probe.property] if probe.property else None
     values = prop.values if prop else frozenset(VALUE_FIELDS)
     for sc in probe.scenarios:
@@ -142,28 +147,37 @@ def run_probe(impl: Implementation, fid: str, base: Knobs = TORCH, device: str =
             continue
         named = diagnose.name(impl, sc, data, trace, cmp, values, owned, base,
                               numeric_first=bool(prop and prop.targeted))
-        hit = next((n for n in named if n.id == fid), None)
-        if hit is not None:
-            return hit, sc, probe.property or "probe", ran
-    return None, None, None, ran
+        if any(n.id == fid for n in named):
+            return named, sc, probe.property or "probe", ran
+    return [], None, None, ran
 
 
 def confirm_expected(impl: Implementation, found, base: Knobs = TORCH, device: str = "cpu") -> PropertyResult | None:
     """Probe every expected BatchNorm id the search did not find; confirmed ones become findings with
     ``source='probe'``. Returns None when nothing was left to probe."""
-    todo = sorted(fid for fid in impl.expect if fid not in found and probe_for(fid) is not None)
+    # in catalog order (semantic before numeric ids); a confirmed bug is assumed by the later probes, as the search
+    # assumes what it named
+    todo = [fid for fid in CATALOG if fid in impl.expect and fid not in found and probe_for(fid) is not None]
     if not todo:
         return None
     res = PropertyResult("probes")
     t0 = time.monotonic()
+    confirmed: set[str] = set()
     for fid in todo:
-        hit, sc, prop_name, ran = run_probe(impl, fid, base, device)
-        res.cases += ran
-        if hit is None:
+        if fid in confirmed:
             continue
-        evidence = list(hit.evidence) + [f"confirmed by the directed probe for {fid} (scenario {ran} of its "
-                                         f"{len(probe_for(fid).scenarios)}); the search did not reach it"]
-        res.findings.append(Finding(fid, prop_name, hit.where, evidence, hit.ratio, sc,
-                                    script(impl.name, impl.source, fid, hit.where, sc), source="probe"))
+        named, sc, prop_name, ran = run_probe(impl, fid, base, device)
+        res.cases += ran
+        for n in named:       # the probed id, and any other expected id diagnosed with it (e.g. a pair of knobs)
+            if n.id not in todo or n.id in confirmed:
+                continue
+            confirmed.add(n.id)
+            if n.knobs:
+                base = replace(base, **n.knobs)
+            evidence = list(n.evidence) + [f"confirmed by the directed probe for {fid} (scenario {ran} of its "
+                                           f"{len(probe_for(fid).scenarios)}); the search did not reach it"]
+            res.findings.append(Finding(n.id, prop_name, n.where, evidence, n.ratio, sc,
+                                        script(impl.name, impl.source, n.id, n.where, sc), source="probe"))
     res.seconds = time.monotonic() - t0
+    res.assumed = base
     return res
