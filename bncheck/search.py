@@ -3,7 +3,8 @@
 Per property, search rounds run until one passes: a round's failure is shrunk by Hypothesis to a minimal
 scenario, diagnosed, and its named bug is then *assumed* by the next round (its oracle knobs applied, its
 structural id ignored), so the next round can only fail on a different bug. Runs are reproducible: every
-round's Hypothesis seed derives from ``--seed``, and no example database is used.
+round's Hypothesis seed derives from ``--seed``, and no example database is used. After the search, expected ids
+it did not reach are run through their directed probes (``probes.py``), on top of what the search assumed.
 """
 from __future__ import annotations
 
