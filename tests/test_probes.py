@@ -17,7 +17,7 @@ from bncheck.oracle import TORCH                 # noqa: E402
 from bncheck.registry import Registry            # noqa: E402
 from bncheck.scenario import Scenario, Step      # noqa: E402
 from zoo.mutants import MUTANTS                  # noqa: E402
-from zoo.reference import ScratchBN, bcast_shape  # noqa: E402
+from zoo.reference import ScratchBN              # noqa: E402
 
 
 class AlwaysEval(ScratchBN):
