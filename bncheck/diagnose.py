@@ -5,8 +5,8 @@
   within budget names the bug; the residual (worst error / budget under that setting) is the evidence.
 * Direct probes, for what no knob expresses: a crash is re-run with momentum=0.1, with a contiguous input and
   with another rank to tell ``momentum-none``, ``non-contiguous-crash`` and ``rank-unsupported`` from a plain
-  ``crash``; growth of the error with |mean|/std or with the reduction size tells ``cancellation`` and
-  ``low-precision-accumulation``.
+  ``crash``; wrong values that only one input rank gives are ``rank-wrong-results``; growth of the error with
+  |mean|/std or with the reduction size tells ``cancellation`` and ``low-precision-accumulation``.
 """
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs, base: Knobs
     variants = [dict(shape=(n, sc.channels) + spatial), dict(shape=(2 * n + 1, sc.channels) + spatial)]
     if sc.momentum is None and knobs.momentum_override is not None:
         variants.append(dict(shape=variants[0]["shape"], momentum=0.3))   # "ignored" must also hold for a number
+    if knobs.mode_source != (base or Knobs()).mode_source:
+        # grad on/off swapped: tells "follows is_grad_enabled()" from "ignores .train()/.eval()"
+        variants.append(dict(shape=variants[0]["shape"], steps=tuple(Step(s.train, not s.grad) for s in sc.steps)))
     for i, kw in enumerate(variants):
         v = sc.with_(seed=sc.seed + 7919 * (i + 1), **kw)
         data = materialize(v)
@@ -156,6 +159,11 @@ def _crashes(cmp: Comparison) -> bool:
     return any(d.finding == "crash" for d in cmp.discrepancies)
 
 
+def _runs(cmp: Comparison) -> bool:
+    """Built and ran without raising (a declined configuration ran nothing: it does not count as running)."""
+    return cmp.declined is None and not _crashes(cmp)
+
+
 def _plain_shapes(n: int, c: int) -> dict:
     """One shape per rank whose spatial sizes are neither 1 nor C, so nothing broadcasts by accident."""
     a, b, d = (s if s != c else s + 3 for s in (3, 4, 5))
@@ -163,34 +171,49 @@ def _plain_shapes(n: int, c: int) -> dict:
 
 
 def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
-    """An output of the wrong shape that only this input rank produces: the rank is not supported."""
+    """Wrong values that only this input rank produces, while other ranks the implementation accepts are right.
+
+    Returns (finding id, evidence) or None: ``rank-wrong-results`` when a plain training step of this rank runs and
+    is wrong; ``rank-unsupported`` when it raises there (the wrong values seen are where the rank happens to run)."""
     plain = sc.with_(layout="contiguous", momentum=0.1 if sc.momentum is None else sc.momentum,
                      steps=(Step(True, False),))
     shapes = _plain_shapes(max(sc.shape[0], 2), max(sc.channels, 2))   # with one channel anything broadcasts
 
-    def fine(rank):
+    def outcome(rank) -> str:
         v = plain.with_(shape=shapes[rank])
         data = materialize(v)
         cmp = compare(v, data, execute.run(impl, v, data), base)
-        return cmp.declined is None and not any(d.finding == "crash" or not d.structural for d in cmp.discrepancies)
-    works = [r for r in (2, 3, 4, 5) if r != sc.rank and fine(r)]
-    if works and not fine(sc.rank):
-        return (f"rank {sc.rank} gives wrong results (also in a plain training step on shape {shapes[sc.rank]}); "
-                f"rank {', '.join(map(str, works))} is correct")
+        if cmp.declined is not None:
+            return "declined"
+        if _crashes(cmp):
+            return "crash"
+        return "wrong" if any(not d.structural for d in cmp.discrepancies) else "right"
+    works = [r for r in (2, 3, 4, 5) if r != sc.rank and outcome(r) == "right"]
+    if not works:
+        return None
+    here = outcome(sc.rank)
+    right = (f"rank {', '.join(map(str, works))} is correct in the same step (ranks the builder declines are not "
+             f"counted)")
+    if here == "wrong":
+        return "rank-wrong-results", (f"rank {sc.rank} gives wrong results (also in a plain training step on shape "
+                                      f"{shapes[sc.rank]}); {right}")
+    if here == "crash":
+        return "rank-unsupported", (f"rank {sc.rank} gives wrong results here and raises in a plain training step on "
+                                    f"shape {shapes[sc.rank]}; {right}")
     return None
 
 
 def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
     """(finding id, evidence) for a crash seen on ``sc``."""
-    if sc.momentum is None and not _crashes(_run(impl, sc.with_(momentum=0.1), base)):
+    if sc.momentum is None and _runs(_run(impl, sc.with_(momentum=0.1), base)):
         return "momentum-none", "the same scenario with momentum=0.1 runs"
-    if sc.layout != "contiguous" and not _crashes(_run(impl, sc.with_(layout="contiguous"), base)):
+    if sc.layout != "contiguous" and _runs(_run(impl, sc.with_(layout="contiguous"), base)):
         return "non-contiguous-crash", f"the same scenario with a contiguous input runs ({sc.layout} crashes)"
-    if sc.shape[0] == 0 and not _crashes(_run(impl, sc.with_(shape=(2,) + tuple(sc.shape[1:])), base)):
+    if sc.shape[0] == 0 and _runs(_run(impl, sc.with_(shape=(2,) + tuple(sc.shape[1:])), base)):
         return "crash", "crashes on a zero-size batch (torch returns an empty output); N=2 runs"
-    if not sc.affine and not _crashes(_run(impl, sc.with_(affine=True), base)):
+    if not sc.affine and _runs(_run(impl, sc.with_(affine=True), base)):
         return "crash", "crashes with affine=False; the same scenario with affine=True runs"
-    if not sc.track_running_stats and not _crashes(_run(impl, sc.with_(track_running_stats=True), base)):
+    if not sc.track_running_stats and _runs(_run(impl, sc.with_(track_running_stats=True), base)):
         return "crash", "crashes with track_running_stats=False; the same scenario with tracking runs"
     if sc.rank > 2 and sc.channels > 1 and sc.shape[-1] not in (1, sc.channels):
         # (C,) statistics broadcast against the last axis only fail when that axis is neither 1 nor C
@@ -208,11 +231,11 @@ def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str
     plain = sc.with_(layout="contiguous", momentum=0.1 if sc.momentum is None else sc.momentum,
                      steps=(Step(True, False),))
     if _crashes(_run(impl, plain.with_(shape=other[sc.rank]), base)):   # the rank fails in a plain training step too
-        works = [r for r in (2, 3, 4, 5) if r != sc.rank and not _crashes(_run(impl, plain.with_(shape=other[r]),
-                                                                             base))]
+        works = [r for r in (2, 3, 4, 5) if r != sc.rank and _runs(_run(impl, plain.with_(shape=other[r]), base))]
         if works:
             return "rank-unsupported", (f"rank {sc.rank} input crashes (also in a plain training step); rank "
-                                        f"{', '.join(map(str, works))} runs")
+                                        f"{', '.join(map(str, works))} runs (ranks the builder declines are not "
+                                        f"counted)")
         return "crash", "crashes on every input rank tried"
     return "crash", (f"crashes on this scenario; a plain training step on shape {other[sc.rank]} of the same rank "
                      f"runs")
@@ -386,8 +409,8 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 add("cancellation", worst, [worst.detail, why])
             elif (why := probe_low_precision(impl, sc, base)):
                 add("low-precision-accumulation", worst, [worst.detail, why])
-            elif (why := probe_rank(impl, sc, base)):
-                add("rank-unsupported", worst, [worst.detail, why])
+            elif (ranked := probe_rank(impl, sc, base)):
+                add(ranked[0], worst, [worst.detail, ranked[1]])
             elif base.flipped() and (worst.ratio < MARGINAL or min(sc.shape[0], sc.reduction_size) <= 1):
                 # within a few budgets of the model of a bug already named, or where that model is undefined
                 # (one value or none per channel): that bug, not a new one

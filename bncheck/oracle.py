@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _NormBase
 class Knobs:
     momentum_direction: str = "torch"       # torch: new=(1-m)old+m*batch | inverted: new=m*old+(1-m)*batch
     momentum_override: float | None = None  # a fixed factor used whatever the momentum argument says
-    momentum_none: str = "cumulative"       # momentum=None: cumulative | as-0.1 | zero
+    momentum_none: str = "cumulative"       # momentum=None: cumulative | as-0.1 | zero | last-batch (factor 1)
     running_var_unbiased: bool = True       # running_var update with n/(n-1)
     norm_var_unbiased: bool = False         # normalise with the unbiased variance
     eps_placement: str = "inside"           # inside: sqrt(var+eps) | outside: sqrt(var)+eps
@@ -29,6 +29,7 @@ class Knobs:
     mode_source: str = "training"           # training | grad | always-train | always-eval
     update_in_eval: bool = False
     update_stats: bool = True
+    count_frozen: bool = False              # with update_stats=False: num_batches_tracked still counts
     untracked_eval_stats: str = "batch"     # batch | zero-one  (eval with track_running_stats=False)
     affine_mode: str = "normal"             # normal | ignored | swapped | weight-only | bias-only | one-plus-weight
     reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial |
@@ -137,6 +138,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
 
     # running statistics
     before = state.clone()
+    if track and not knobs.update_stats and knobs.count_frozen and (mode or knobs.update_in_eval):
+        res.state.num_batches_tracked += 1
     if track and knobs.update_stats and (mode or knobs.update_in_eval):
         st = res.state
         st.num_batches_tracked += 1
@@ -144,7 +147,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
             if knobs.momentum_override is not None:
                 f = knobs.momentum_override
             elif cfg.momentum is None:
-                f = {"cumulative": 1.0 / st.num_batches_tracked, "as-0.1": 0.1, "zero": 0.0}[knobs.momentum_none]
+                f = {"cumulative": 1.0 / st.num_batches_tracked, "as-0.1": 0.1, "zero": 0.0,
+                     "last-batch": 1.0}[knobs.momentum_none]
             else:
                 f = cfg.momentum
             res.factor = f

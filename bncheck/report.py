@@ -1,9 +1,11 @@
 """Reports: Markdown and JSON from plain data (no torch here), written atomically.
 
 A verdict compares an implementation's findings with its ``expect`` set: ``clean`` (none expected, none found),
-``as expected`` (found exactly what it declares), ``unexpected`` (a finding not declared, or a declared one not
-found: both listed), ``declined`` (the builder declined every case drawn, e.g. a CUDA-only module on a CPU run:
-listed with its reason, not a failure).
+``as expected`` (found exactly what it declares, by the search or, for a declared id the search did not reach, by
+that id's directed probe: ``confirmed by probe``), ``not reproduced`` (a declared id neither the search nor its
+probe showed: a warning, not a failure, unless ``strict``), ``unexpected`` (a finding not declared, or with
+``strict`` a declared one not reproduced: both listed), ``declined`` (the builder declined every case drawn, e.g.
+a CUDA-only module on a CPU run: listed with its reason, not a failure).
 """
 from __future__ import annotations
 
@@ -17,28 +19,33 @@ from tabulate import tabulate
 SCHEMA_VERSION = 1
 
 
-def verdict(impl: dict) -> dict:
+def verdict(impl: dict, strict: bool = False) -> dict:
     found = {f["id"] for f in impl["findings"]}
     expect = set(impl.get("expect", []))
     unexpected, missing = sorted(found - expect), sorted(expect - found)
-    if unexpected or missing:
+    probed = sorted({f["id"] for f in impl["findings"] if f.get("source") == "probe"})
+    if unexpected or (missing and strict):
         v = "unexpected"
+    elif missing:
+        v = "not reproduced"  # expected ids neither the search nor their probes showed: a warning, not a failure
     elif not found and impl.get("cases", 0) and impl.get("declined_cases", 0) >= impl["cases"]:
         v = "declined"        # every case drawn was declined: nothing was checked (not a failure)
     else:
         v = "clean" if not found else "as expected"
-    return {"verdict": v, "unexpected": unexpected, "missing": missing}
+    return {"verdict": v, "unexpected": unexpected, "missing": missing, "confirmed_by_probe": probed}
 
 
-def build(env: dict, impls: list[dict], load_errors: list[dict], timings: dict | None = None) -> dict:
+def build(env: dict, impls: list[dict], load_errors: list[dict], timings: dict | None = None,
+          strict: bool = False) -> dict:
+    """``strict``: an expected finding that is not reproduced fails the run (otherwise it is a warning)."""
     out = []
     for r in impls:
         r = dict(r)
-        r.update(verdict(r))
+        r.update(verdict(r, strict))
         out.append(r)
     ok = all(r["verdict"] != "unexpected" for r in out) and not load_errors
     return {"schema_version": SCHEMA_VERSION, "environment": env, "implementations": out,
-            "load_errors": load_errors, "timings": timings, "exit_status": 0 if ok else 1}
+            "load_errors": load_errors, "timings": timings, "strict": strict, "exit_status": 0 if ok else 1}
 
 
 def _ratio(v) -> str:
@@ -65,7 +72,7 @@ def _kind(r: dict) -> str:
     return r.get("kind", "batchnorm")
 
 
-def _summary(impls: list[dict]) -> str:
+def _summary(impls: list[dict], strict: bool = False) -> str:
     rows = []
     for r in impls:
         worst = r.get("worst_ratio_by_dtype") or {}
@@ -74,7 +81,10 @@ def _summary(impls: list[dict]) -> str:
         if r["unexpected"]:
             notes.append("unexpected: " + ", ".join(r["unexpected"]))
         if r["missing"]:
-            notes.append("expected but not found: " + ", ".join(r["missing"]))
+            notes.append(("expected but not found: " if strict else "warning: expected but not reproduced: ")
+                         + ", ".join(r["missing"]))
+        if r.get("confirmed_by_probe"):
+            notes.append("confirmed by probe: " + ", ".join(r["confirmed_by_probe"]))
         declined = [f"{k}: {v[len('declined: '):]}" for k, v in (r.get("capabilities") or {}).items()
                     if str(v).startswith("declined") and r["verdict"] == "declined"]
         notes += [f"declined ({_esc(d)})" for d in declined]
@@ -88,7 +98,8 @@ def _findings(impls: list[dict]) -> str:
     frows = []
     for r in impls:
         for f in r["findings"]:
-            frows.append([r["name"], f"`{f['id']}`", f["property"],
+            frows.append([r["name"], f"`{f['id']}`" + (" (probe)" if f.get("source") == "probe" else ""),
+                          f["property"],
                           _esc(f["where"] + ": " + " / ".join(f["evidence"])),
                           _ratio(f["error_ratio"]), _esc(f["example"]),
                           f"`bncheck repro {r['name']}:{f['id']}`" if f.get("repro") else "-"])
@@ -116,7 +127,7 @@ def render_markdown(rep: dict) -> str:
             sizes = sorted({w for r in impls for w in r.get("world_sizes", [])})
             if sizes:
                 lines[-2] = lines[-2] + f" World sizes: {', '.join(map(str, sizes))}."
-        lines.append(_summary(impls))
+        lines.append(_summary(impls, rep.get("strict", False)))
         lines += ["", "### Findings", "", _findings(impls)]
         caps = [r for r in impls if r.get("capabilities") and kind == "batchnorm"]
         if caps:

@@ -28,11 +28,13 @@ class Finding:
     error_ratio: float
     scenario: Any                  # the kind's scenario type: has describe() and a repr that rebuilds it
     repro: str = ""
+    source: str = "search"         # search | probe (an expected id the search missed, confirmed by its probe)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "property": self.property, "where": self.where, "evidence": self.evidence,
                 "error_ratio": None if math.isinf(self.error_ratio) else self.error_ratio,
-                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro}
+                "example": self.scenario.describe(), "scenario": repr(self.scenario), "repro": self.repro,
+                "source": self.source}
 
 
 @dataclass

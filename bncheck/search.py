@@ -3,7 +3,8 @@
 Per property, search rounds run until one passes: a round's failure is shrunk by Hypothesis to a minimal
 scenario, diagnosed, and its named bug is then *assumed* by the next round (its oracle knobs applied, its
 structural id ignored), so the next round can only fail on a different bug. Runs are reproducible: every
-round's Hypothesis seed derives from ``--seed``, and no example database is used.
+round's Hypothesis seed derives from ``--seed``, and no example database is used. After the search, expected ids
+it did not reach are run through their directed probes (``probes.py``), on top of what the search assumed.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, reject, settings, target
 
-from . import diagnose, execute
+from . import diagnose, execute, probes
 from .compare import compare
 from .oracle import TORCH, Knobs
 from .properties import PROPERTIES, Property
@@ -178,6 +179,14 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
             on_property(prop.name, r)
         if on_partial:
             on_partial(summarize(impl, results, {}, time.monotonic() - t0))
+    # expected ids a shorter search did not reach: their directed probes, on top of what the search assumed
+    if on_property:
+        on_property("probes", None)
+    probed = probes.confirm_expected(impl, named, base, device)
+    if probed is not None:
+        results.append(probed)
+        if on_property:
+            on_property("probes", probed)
     return summarize(impl, results, capabilities(impl, device), time.monotonic() - t0)
 
 

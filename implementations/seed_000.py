@@ -47,11 +47,11 @@ class BatchNorm(nn.Module):
     "seed-000",
     state={"weight": "gamma", "bias": "beta", "running_mean": "r_mean", "running_var": "r_var"},
     expect={
-        # verified against the code: the constructor flag (always True here) decides train/eval, momentum fixed at
-        # 0.1, biased running var, stats as plain (1, C, 1, 1) attributes (not buffers, left in float32 by .to(),
-        # and they keep the graph); written for 4-d input: ranks 2/3 crash, rank 5 reduces over (0, 2, 3) only;
-        # float32 attributes promote half input
-        "mode-from-grad-mode", "momentum-ignored", "biased-running-var", "stats-not-buffers", "state-shape-drift",
+        # verified against the code: the constructor flag (always True here) decides train/eval, so it always
+        # trains whatever .eval() says; momentum fixed at 0.1, biased running var, stats as plain (1, C, 1, 1)
+        # attributes (not buffers, left in float32 by .to(), and they keep the graph); written for 4-d input:
+        # ranks 2/3 crash, rank 5 reduces over (0, 2, 3) only; float32 attributes promote half input
+        "eval-mode-ignored", "momentum-ignored", "biased-running-var", "stats-not-buffers", "state-shape-drift",
         "running-stats-hold-graph", "rank-unsupported", "wrong-reduction-axes", "dtype-promotion",
         # an empty batch (always a training step here) poisons the running statistics with NaN; torch leaves
         # them unchanged

@@ -4,12 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
-def bncheck(*args, cwd=ROOT):
+def bncheck(*args, cwd=ROOT, timeout=300):
     return subprocess.run([sys.executable, "-m", "bncheck", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 def test_clean_reference_exits_0_and_writes_reports(tmp_path):
@@ -78,3 +80,60 @@ def test_list_shows_names_origins_and_expectations():
     assert "seed-002" in r.stdout and "implementations/seed_002.py" in r.stdout
     kinds = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[2:] if line.strip()}
     assert kinds["seed-000-fold"] == "fusion" and kinds["bncheck-syncbn"] == "sync" and kinds["seed-000"] == "batchnorm"
+
+
+def _plugin_expecting(tmp_path, fid):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(
+        "import torch, bncheck\n"
+        f"@bncheck.implementation('mine', expect={{'{fid}'}})\n"
+        "def build(spec):\n"
+        "    if spec.ndim > 3: raise bncheck.Unsupported('1d only')\n"
+        "    return torch.nn.BatchNorm1d(**spec.torch_kwargs())\n")
+    return plugin
+
+
+def test_expected_but_not_reproduced_is_a_warning_unless_strict(tmp_path):
+    _plugin_expecting(tmp_path, "inverted-momentum")
+    args = ("run", "--plugins", str(tmp_path), "--impl", "mine", "--profile", "quick", "--property", "forward")
+    r = bncheck(*args, "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning: expected but not reproduced: inverted-momentum" in r.stdout
+    rep = json.loads((tmp_path / "out" / "latest.json").read_text())
+    (impl,) = rep["implementations"]
+    assert (impl["verdict"], impl["missing"], impl["findings"]) == ("not reproduced", ["inverted-momentum"], [])
+    assert impl["properties"]["probes"]["cases"] > 0          # its probe ran, and showed nothing
+    assert "warning: expected but not reproduced: inverted-momentum" in (tmp_path / "out" / "latest.md").read_text()
+    r = bncheck(*args, "--strict", "--out", str(tmp_path / "strict"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "expected but not found: inverted-momentum" in r.stdout
+    rep = json.loads((tmp_path / "strict" / "latest.json").read_text())
+    assert rep["strict"] is True and rep["implementations"][0]["verdict"] == "unexpected"
+
+
+def test_probes_confirm_expected_findings_a_short_search_missed(tmp_path):
+    # the forward property alone cannot see an empty batch or the buffers' shape: their probes do
+    r = bncheck("run", "--impl", "seed-001", "--impl", "seed-002", "--profile", "quick", "--property", "forward",
+                "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "latest.json").read_text())
+    by_name = {i["name"]: i for i in rep["implementations"]}
+    assert "nan-inf" in by_name["seed-001"]["confirmed_by_probe"]
+    assert "state-shape-drift" in by_name["seed-002"]["confirmed_by_probe"]
+    for impl in by_name.values():
+        assert impl["verdict"] == "as expected", (impl["name"], impl["missing"], impl["unexpected"])
+        probed = [f for f in impl["findings"] if f["source"] == "probe"]
+        assert probed and all("confirmed by the directed probe" in f["evidence"][-1] and f["repro"] for f in probed)
+    assert "confirmed by probe: " in r.stdout and "`nan-inf` (probe)" in (tmp_path / "latest.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_profile_on_the_bundled_batchnorms_exits_0(tmp_path):
+    impls = ["seed-000", "seed-001", "seed-002", "seed-003", "torch-bn1d", "torch-bn2d", "torch-bn3d",
+             "torch-functional", "bncheck-oracle"]
+    r = bncheck("run", *[a for n in impls for a in ("--impl", n)], "--profile", "quick", "--out", str(tmp_path),
+                timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "latest.json").read_text())
+    for impl in rep["implementations"]:
+        assert impl["verdict"] in ("clean", "as expected") and not impl["missing"], (impl["name"], impl["missing"])

@@ -59,7 +59,13 @@ def test_exit_status_zero_only_when_all_as_declared():
     ok = report.build(env, [_impl("a"), _impl("b", [_finding("crash")], expect={"crash"})], [])
     assert ok["exit_status"] == 0
     assert report.build(env, [_impl("a")], [{"origin": "x.py", "message": "boom"}])["exit_status"] == 1
-    assert report.build(env, [_impl("a", expect={"crash"})], [])["exit_status"] == 1
+    # an expected finding not reproduced: a warning, a failure only when strict
+    lax = report.build(env, [_impl("a", expect={"crash"})], [])
+    assert lax["exit_status"] == 0 and lax["implementations"][0]["verdict"] == "not reproduced"
+    assert report.build(env, [_impl("a", expect={"crash"})], [], strict=True)["exit_status"] == 1
+    probed = report.build(env, [_impl("b", [dict(_finding("crash"), source="probe")], expect={"crash"})], [])
+    assert probed["implementations"][0]["confirmed_by_probe"] == ["crash"] and probed["exit_status"] == 0
+    assert "confirmed by probe: crash" in report.render_markdown(probed)
 
 
 def test_markdown_matches_golden():

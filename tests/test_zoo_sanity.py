@@ -436,6 +436,14 @@ def test_momentum_none_as_default_exposed():
     assert close(gots[1].state["running_mean"], 0.9 * 0.1 * m1 + 0.1 * m2)
 
 
+def test_momentum_none_last_batch_exposed():
+    cfg = Cfg(momentum=None, steps=(("train", True), ("train", True)))
+    _, _, refs, gots = trace_pair(M.MomentumNoneLastBatch, cfg)
+    m1, m2 = batch_stats64(refs[0].x)[0], batch_stats64(refs[1].x)[0]
+    assert close(refs[1].state["running_mean"], (m1 + m2) / 2)          # cumulative average
+    assert close(gots[1].state["running_mean"], m2) and far(gots[1].state["running_mean"], (m1 + m2) / 2)
+
+
 def test_momentum_none_crash_exposed():
     _, _, (r,), (g,) = one_train_step(M.MomentumNoneCrash, Cfg(momentum=None))
     assert r.error is None and isinstance(g.error, TypeError)
@@ -463,6 +471,13 @@ def test_stats_not_updated_exposed():
     assert far(r.state["running_mean"], torch.zeros(3)) and far(r.state["running_var"], torch.ones(3))
     assert torch.equal(g.state["running_mean"], torch.zeros(3)) and torch.equal(g.state["running_var"], torch.ones(3))
     assert int(g.state["num_batches_tracked"]) == 0 and close(g.y, r.y)
+
+
+def test_stats_not_updated_counted_exposed():
+    _, _, (r,), (g,) = one_train_step(M.StatsNotUpdatedCounted, Cfg())
+    assert far(r.state["running_mean"], torch.zeros(3)) and far(r.state["running_var"], torch.ones(3))
+    assert torch.equal(g.state["running_mean"], torch.zeros(3)) and torch.equal(g.state["running_var"], torch.ones(3))
+    assert int(g.state["num_batches_tracked"]) == int(r.state["num_batches_tracked"]) == 1 and close(g.y, r.y)
 
 
 def test_running_stats_hold_graph_exposed():
@@ -534,6 +549,14 @@ def test_mode_from_grad_mode_exposed():
     _, _, (r,), (g,) = trace_pair(M.ModeFromGradMode, cfg)
     assert int(r.state["num_batches_tracked"]) == 1 and int(g.state["num_batches_tracked"]) == 0
     assert far(g.y, r.y)
+
+
+def test_eval_mode_ignored_exposed():
+    # module.eval(), with autograd on or off: the mutant trains (updates the stats, normalises with the batch)
+    for grad in (True, False):
+        _, _, (r,), (g,) = trace_pair(M.EvalModeIgnored, Cfg(steps=(("eval", grad),)))
+        assert int(r.state["num_batches_tracked"]) == 0 and int(g.state["num_batches_tracked"]) == 1
+        assert far(g.y, r.y)
 
 
 def test_no_track_eval_uses_running_exposed():
@@ -656,6 +679,12 @@ def test_rank_unsupported_exposed():
     assert r.error is None and isinstance(g.error, ValueError)
 
 
+def test_rank3_reshape_scrambled_exposed():
+    _, _, (r,), (g,) = one_train_step(M.Rank3ReshapeScrambled, Cfg(ndim=3, spatial=5))
+    assert r.error is None and g.error is None and g.y.shape == r.y.shape
+    assert far(g.y, r.y, 0.1) and far(g.state["running_mean"], r.state["running_mean"], 1e-3)
+
+
 def test_missing_error_exposed():
     _, _, (r,), (g,) = one_train_step(M.MissingError, Cfg(ndim=2, batches=(1,)))
     assert isinstance(r.error, ValueError) and g.error is None
@@ -679,6 +708,11 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
     "biased-running-var": [Cfg(momentum=0.0), Cfg(track=False)],
     "stats-updated-in-eval": [Cfg(steps=TRAIN_ONLY), Cfg(track=False, steps=TRAIN_EVAL_NOGRAD)],
     "stats-not-updated": [Cfg(random_state=True, steps=EVAL_ONLY), Cfg(track=False)],
+    "stats-not-updated-counted": [Cfg(random_state=True, steps=EVAL_ONLY), Cfg(track=False)],
+    "momentum-none-last-batch": [Cfg(momentum=0.3), Cfg(momentum=None, steps=(("train", True), ("eval", True)))],
+    "eval-mode-ignored": [Cfg(steps=TRAIN_ONLY), Cfg(track=False, steps=TRAIN_EVAL_NOGRAD)],
+    "rank3-reshape-scrambled": [Cfg(ndim=2, batch=8), Cfg(ndim=4), Cfg(ndim=5, spatial=2), Cfg(ndim=3, spatial=1),
+                                Cfg(ndim=3, random_state=True, steps=EVAL_ONLY)],
     "running-stats-hold-graph": [Cfg(steps=(("train", False), ("train", False), ("eval", True))),
                                  Cfg(track=False)],
     "stats-not-buffers": [Cfg(track=False)],

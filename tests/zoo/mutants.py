@@ -43,6 +43,14 @@ class MomentumNoneAsDefault(ScratchBN):
         return 0.1 if self.momentum is None else self.momentum
 
 
+class MomentumNoneLastBatch(ScratchBN):
+    """momentum=None replaces the running statistics with the last batch's (factor 1), not a cumulative average."""
+    finding = "momentum-none"
+
+    def _momentum_factor(self):
+        return 1.0 if self.momentum is None else self.momentum
+
+
 class MomentumNoneCrash(ScratchBN):
     """momentum=None is used as a number, so the first training step raises TypeError."""
     finding = "momentum-none"
@@ -83,6 +91,14 @@ class StatsNotUpdated(ScratchBN):
 
     def _updates_running(self, training):
         return training and self.track_running_stats and not self.freeze_running_stats
+
+
+class StatsNotUpdatedCounted(ScratchBN):
+    """Running statistics never change in training, although num_batches_tracked still counts the batches."""
+    finding = "stats-not-updated"
+
+    def _update_running(self, mean, var, n):
+        pass
 
 
 class RunningStatsHoldGraph(ScratchBN):
@@ -169,6 +185,14 @@ class ModeFromGradMode(ScratchBN):
 
     def _training_mode(self):
         return torch.is_grad_enabled()
+
+
+class EvalModeIgnored(ScratchBN):
+    """Always trains (batch statistics and a running update), whatever .eval() says."""
+    finding = "eval-mode-ignored"
+
+    def _training_mode(self):
+        return True
 
 
 class NoTrackEvalUsesRunning(ScratchBN):
@@ -363,6 +387,23 @@ class RankUnsupported(ScratchBN):
             raise ValueError(f"expected 2D, 3D or 4D input (got {x.dim()}D input)")
 
 
+class Rank3ReshapeScrambled(ScratchBN):
+    """For 3D input, statistics come from x.reshape(-1, C) instead of x.transpose(1, 2).reshape(-1, C).
+
+    The reshape mixes the channel and length axes, so each "channel" is a mixture of several; ranks 2, 4 and 5 (and
+    3D input of length 1) are right.
+    """
+    finding = "rank-wrong-results"
+
+    def _batch_stats(self, x, xc):
+        if x.dim() != 3:
+            return super()._batch_stats(x, xc)
+        flat = xc.reshape(-1, xc.shape[1])
+        mean = flat.mean(0)
+        var = (flat - mean).square().mean(0)
+        return mean.reshape(bcast_shape(x)), var.reshape(bcast_shape(x))
+
+
 class MissingError(ScratchBN):
     """Does not raise for one value per channel in training (normalises it to zero instead)."""
     finding = "missing-error"
@@ -385,9 +426,11 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "momentum-ignored": MomentumIgnored,
     "momentum-none-as-default": MomentumNoneAsDefault,
     "momentum-none-crash": MomentumNoneCrash,
+    "momentum-none-last-batch": MomentumNoneLastBatch,
     "biased-running-var": BiasedRunningVar,
     "stats-updated-in-eval": StatsUpdatedInEval,
     "stats-not-updated": StatsNotUpdated,
+    "stats-not-updated-counted": StatsNotUpdatedCounted,
     "running-stats-hold-graph": RunningStatsHoldGraph,
     "stats-not-buffers": StatsNotBuffers,
     "state-shape-drift": StateShapeDrift,
@@ -396,6 +439,7 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "eval-uses-batch-stats": EvalUsesBatchStats,
     "train-uses-running-stats": TrainUsesRunningStats,
     "mode-from-grad-mode": ModeFromGradMode,
+    "eval-mode-ignored": EvalModeIgnored,
     "no-track-eval-uses-running": NoTrackEvalUsesRunning,
     "batch-only-reduction": BatchOnlyReduction,
     "eps-outside-sqrt": EpsOutsideSqrt,
@@ -412,6 +456,7 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "input-mutated": InputMutated,
     "non-contiguous-crash": NonContiguousCrash,
     "rank-unsupported": RankUnsupported,
+    "rank3-reshape-scrambled": Rank3ReshapeScrambled,
     "missing-error": MissingError,
     "affine-false-crash": AffineFalseCrash,
 }
