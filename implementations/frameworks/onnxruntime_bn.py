@@ -143,7 +143,10 @@ class OrtBatchNorm(torch.nn.Module):
 # population variance; ORT's CPU kernel follows it, and no minimum batch size is specified or enforced):
 #   biased-running-var: running_var is updated with the biased batch variance.
 #   missing-error: a batch of one value per channel in training gives var 0 (output = B); torch raises.
-@bncheck.implementation("ort-batchnorm", expect={"biased-running-var", "missing-error"})
+#   nan-inf: an empty batch in training: current_mean = ReduceMean(X) over no values, which the ReduceMean spec
+#     leaves undefined; ORT's CPU kernel gives NaN and folds it into running_mean/running_var. torch returns the
+#     empty output and leaves the statistics as they were.
+@bncheck.implementation("ort-batchnorm", expect={"biased-running-var", "missing-error", "nan-inf"})
 def build(spec: bncheck.Spec) -> torch.nn.Module:
     _lib()
     if torch.device(spec.device).type != "cpu":
