@@ -130,9 +130,15 @@ class FlaxBatchNorm(torch.nn.Module):
             self.register_buffer("running_var", torch.ones(c, **kw))
         else:
             self.running_mean = self.running_var = None
-        self._c, self._param_dtype = c, _TO_JAX[spec.dtype]
+        self._c, self._spec_dtype = c, spec.dtype
         self._spec = spec
         self._fns = None
+
+    @property
+    def _param_dtype(self) -> str:
+        """The dtype the parameters and statistics have now (``.to()`` may have converted them)."""
+        held = self.weight if self.affine else self.running_mean
+        return _TO_JAX[held.dtype if held is not None else self._spec_dtype]
 
     def _module_for(self, x_dtype: torch.dtype):
         _, jnp, nn = _lib()

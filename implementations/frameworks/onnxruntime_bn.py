@@ -112,7 +112,7 @@ class OrtBatchNorm(torch.nn.Module):
             self.register_buffer("running_var", torch.ones(c, **kw))
         else:
             self.running_mean = self.running_var = None
-        self._c, self._p_dtype = c, spec.dtype
+        self._c, self._spec_dtype = c, spec.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = [x] + ([self.weight, self.bias] if self.affine else [])
@@ -120,13 +120,17 @@ class OrtBatchNorm(torch.nn.Module):
             raise bncheck.Unsupported("an ONNX Runtime inference session computes no gradients")
         if x.dtype not in _ELEM:
             raise bncheck.Unsupported(f"ORT's CPU BatchNormalization has no {x.dtype} kernel")
-        kw = dict(dtype=self._p_dtype)
+        held = self.weight if self.affine else self.running_mean     # its dtype now (.to() may have converted it)
+        p_dtype = held.dtype if held is not None else self._spec_dtype
+        if p_dtype not in _ELEM:
+            raise bncheck.Unsupported(f"ORT's CPU BatchNormalization has no {p_dtype} kernel")
+        kw = dict(dtype=p_dtype)
         ones, zeros = torch.ones(self._c, **kw), torch.zeros(self._c, **kw)
         scale, shift = (self.weight, self.bias) if self.affine else (ones, zeros)
         # torch without running statistics normalises with the batch statistics in both modes
         training = self.training or not self.track_running_stats
         mean, var = (self.running_mean, self.running_var) if self.track_running_stats else (zeros, ones)
-        sess = _session(x.dim(), x.dtype, self._p_dtype, self.eps, self.momentum, training)
+        sess = _session(x.dim(), x.dtype, p_dtype, self.eps, self.momentum, training)
         outs = sess.run(None, {"X": _np(x), "scale": _np(scale), "B": _np(shift), "input_mean": _np(mean),
                                "input_var": _np(var)})
         if training and self.track_running_stats:
