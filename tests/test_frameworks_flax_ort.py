@@ -15,7 +15,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ROOT / "implementations" / "frameworks"
-EXPECT = {"flax-linen-bn": {"biased-running-var", "cancellation", "missing-error"},
+EXPECT = {"flax-linen-bn": {"biased-running-var", "missing-error", "nan-inf"},
           "ort-batchnorm": {"biased-running-var", "missing-error", "nan-inf"},
           "ort-conv-bn-fusion": set()}
 
@@ -65,13 +65,15 @@ def test_flax_quick_as_expected(tmp_path):
     _assert_as_expected(r, impls, ["flax-linen-bn"])
 
 
-def test_flax_running_stats_and_errors(tmp_path):
-    """The cheap part of the Flax check: its biased running variance and its missing batch-size check."""
+def test_flax_running_stats_edge_inputs_and_errors(tmp_path):
+    """The cheap part of the Flax check, the three properties where its documented differences show."""
     pytest.importorskip("flax", reason="the frameworks extra is not installed")
-    r, impls = _run(tmp_path, "--impl", "flax-linen-bn", "--property", "running-stats", "--property", "errors")
-    impl = impls["flax-linen-bn"]
-    assert {f["id"] for f in impl["findings"]} == {"biased-running-var", "missing-error"}, impl["findings"]
-    assert impl["missing"] == ["cancellation"]      # owned by the numerics property, not searched here
+    r, impls = _run(tmp_path, "--impl", "flax-linen-bn", "--property", "running-stats", "--property", "edge-inputs",
+                    "--property", "errors")
+    _assert_as_expected(r, impls, ["flax-linen-bn"])
+    props = impls["flax-linen-bn"]["properties"]
+    assert props["running-stats"]["findings"] == ["biased-running-var"]
+    assert props["edge-inputs"]["findings"] == ["nan-inf"]
 
 
 DECLINE = textwrap.dedent("""
