@@ -63,6 +63,8 @@ _ENTRIES = [
     Entry("input-mutated", "the input tensor is modified in place"),
     Entry("non-contiguous-crash", "fails on channels_last or other non-contiguous input that torch accepts"),
     Entry("rank-unsupported", "fails on an input rank torch accepts"),
+    Entry("output-shape", "the output is not a tensor like the input: another shape or rank, not a tensor (a tuple, "
+          "None), complex, or on another device"),
     Entry("layout-not-preserved", "output memory format differs from the input's (channels_last in, contiguous out)"),
     Entry("nan-inf", "NaN/Inf where torch gives finite values"),
     Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),

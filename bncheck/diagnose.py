@@ -172,7 +172,8 @@ def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
         v = plain.with_(shape=shapes[rank])
         data = materialize(v)
         cmp = compare(v, data, execute.run(impl, v, data), base)
-        return cmp.declined is None and not any(d.finding == "crash" or not d.structural for d in cmp.discrepancies)
+        return cmp.declined is None and not any(d.finding in ("crash", "output-shape") or not d.structural
+                                                for d in cmp.discrepancies)
     works = [r for r in (2, 3, 4, 5) if r != sc.rank and fine(r)]
     if works and not fine(sc.rank):
         return (f"rank {sc.rank} gives wrong results (also in a plain training step on shape {shapes[sc.rank]}); "
@@ -348,6 +349,22 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             if _crashes(_run(impl, bigger, base)):
                 fid, why = classify_crash(impl, bigger, base)
                 add(fid, d, [d.detail, why])
+        elif d.finding == "output-shape":
+            if drift_step is not None and d.step >= drift_step and any(
+                    x.finding == "state-shape-drift" for x in cmp.discrepancies):
+                continue   # computed from statistics the oracle cannot read: the drift is the cause
+            # a semantic bug can change the output's shape (statistics broadcast against the wrong axis): a knob
+            # setting that reproduces the shape and the values names it
+            fields = frozenset({"output"} | {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})
+            ids, flips, resid = explain(impl, sc, data, trace, fields, base, exhaustive=exhaustive)
+            if ids:
+                desc = ", ".join(f"{k}={v}" for k, v in flips.items())
+                for fid in ids:
+                    add(fid, d, [d.detail, f"matches the oracle with {desc} to {resid:.2g} x budget"], knobs=flips)
+            elif (why := probe_rank(impl, sc, base)):   # only this input rank comes out in another shape
+                add("rank-unsupported", d, [d.detail, why])
+            else:
+                add("output-shape", d, [d.detail])
         else:
             add(d.finding, d, [d.detail])
     values = [d for d in owned if not d.structural]

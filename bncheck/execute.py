@@ -38,7 +38,8 @@ class Observation:
     error_message: str = ""
     error_where: str = ""                 # forward | backward
     unsupported: str | None = None        # the implementation declined this step (Unsupported)
-    y: torch.Tensor | None = None         # detached output, as returned
+    y: torch.Tensor | None = None         # detached output, as returned (None when forward returned no tensor)
+    output_kind: str = ""                 # what forward returned when it was not a tensor, e.g. "a tuple of 2"
     dx: torch.Tensor | None = None
     dweight: torch.Tensor | None = None   # flattened to (C,) float64
     dbias: torch.Tensor | None = None
@@ -58,6 +59,12 @@ class Trace:
     state_dict_keys: tuple = ()
     buffer_names: tuple = ()
     stat_attrs: dict = field(default_factory=dict)   # key -> attribute path
+    # running statistics as state (before any step), per key: the tensor read through the state mapping (or its
+    # storage) is among state_dict(keep_vars=True)'s tensors; .to() of a copy of the module converts it (None:
+    # not testable, see stats_to_note). Empty when there is nothing to read.
+    stats_in_state_dict: dict = field(default_factory=dict)
+    stats_follow_to: dict = field(default_factory=dict)
+    stats_to_note: str = ""
     steps: list = field(default_factory=list)
 
 
@@ -161,6 +168,8 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
     except Exception as e:
         trace.state_dict_keys = (f"<state_dict() raised {type(e).__name__}>",)
     trace.buffer_names = tuple(name for name, _ in module.named_buffers())
+    if sc.track_running_stats:
+        stats_as_state(impl, sc, module, trace)
     params = [p for p in module.parameters()]
     for k, stp in enumerate(sc.steps):
         obs = Observation(before=read_state(module, impl, c))
@@ -175,8 +184,6 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
         try:
             with torch.set_grad_enabled(stp.grad):
                 y = module(x)
-            if not isinstance(y, torch.Tensor):
-                raise TypeError(f"forward returned {type(y).__name__}, not a tensor")
         except Unsupported as e:
             obs.unsupported = str(e) or "declined"
             break
@@ -186,7 +193,14 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
             obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
             continue
         obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
-        obs.y = y.detach().clone(memory_format=torch.preserve_format)
+        if not isinstance(y, torch.Tensor):   # compare reports it; the state is still read
+            obs.output_kind = _kind_of(y)
+            obs.after = read_state(module, impl, c)
+            continue
+        try:
+            obs.y = y.detach().clone(memory_format=torch.preserve_format)
+        except Exception:
+            obs.y = y.detach()
         if stp.grad and y.requires_grad:
             try:
                 y.backward(data.dys[k].to(y.dtype) if y.shape == data.dys[k].shape else torch.ones_like(y))
@@ -204,6 +218,64 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
             if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None):
                 obs.stats_hold_graph = True
     return trace
+
+
+def _kind_of(v) -> str:
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(type(e).__name__ for e in v[:4]) + (", ..." if len(v) > 4 else "")
+        return f"a {type(v).__name__} of {len(v)} ({inner})"
+    return "None" if v is None else f"a {type(v).__name__}"
+
+
+def _storage(t: torch.Tensor):
+    try:
+        ptr = t.untyped_storage().data_ptr()
+        return ptr or None
+    except Exception:
+        return None
+
+
+def stats_as_state(impl: Implementation, sc: Scenario, module, trace: Trace):
+    """Whether the running statistics are module state, decided on the objects, not on names: the tensor read
+    through the state mapping (or its storage) is one of ``state_dict(keep_vars=True)``'s, and ``.to()`` on a
+    copy of the module (a fresh build if it cannot be copied) converts the statistic read through the mapping
+    to another dtype. Buffers, ``Parameter(requires_grad=False)`` statistics and statistics reached through a
+    property path all pass; plain tensor attributes fail both."""
+    try:
+        state = [v for v in module.state_dict(keep_vars=True).values() if isinstance(v, torch.Tensor)]
+    except Exception:
+        state = []
+    ids = {id(v) for v in state}
+    ptrs = {p for p in map(_storage, state) if p is not None}
+    current = {}
+    for key in STAT_KEYS:
+        t = resolve(module, impl.attr(key))
+        if isinstance(t, torch.Tensor):
+            trace.stats_in_state_dict[key] = id(t) in ids or _storage(t) in ptrs and _storage(t) is not None
+            current[key] = t.dtype
+    if not current:
+        return
+    import copy
+    try:
+        other = copy.deepcopy(module)
+        how = "a deep copy"
+    except Exception as e:
+        try:
+            other = impl.build(sc.spec())
+            how = f"a fresh build (deepcopy raised {type(e).__name__})"
+        except Exception as e2:
+            trace.stats_to_note = f"neither copied nor rebuilt ({type(e).__name__}, {type(e2).__name__})"
+            return
+    for key, dt in current.items():
+        target = torch.float32 if dt == torch.float64 else torch.float64
+        try:
+            converted = other.to(target)
+            t = resolve(converted if isinstance(converted, torch.nn.Module) else other, impl.attr(key))
+            trace.stats_follow_to[key] = isinstance(t, torch.Tensor) and t.dtype == target
+        except Exception as e:
+            trace.stats_to_note = f".to({str(target)[6:]}) on {how} raised {type(e).__name__}: {str(e)[:80]}"
+        else:
+            trace.stats_to_note = f".to({str(target)[6:]}) on {how}"
 
 
 def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
