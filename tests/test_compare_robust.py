@@ -248,3 +248,83 @@ def test_statistics_broadcast_wrongly_on_rank_3_are_findings_and_later_propertie
     assert forward and any("shape" in " ".join(f["evidence"]) for f in forward), forward
     # float32 weights applied to a float16 input: found by the later property
     assert "dtype-promotion" in r["properties"]["dtypes-layouts"]["findings"]
+
+
+# -- the other comparison paths: folded convolutions and synchronised BatchNorm --------------------------------
+
+def _folded(change):
+    from bncheck.fold import fold_conv_bn
+
+    def fold(conv, bn):
+        fused = fold_conv_bn(conv, bn)
+        change(fused)
+        return fused
+    return fold
+
+
+FOLDS = {   # a folded module that misbehaves: the category its problem must have
+    "hyperparameter replaced by a tensor": (lambda m: setattr(m, "stride", torch.tensor([1, 1])), "module"),
+    "output on the meta device": (lambda m: setattr(m, "forward", lambda x: torch.nn.Conv2d.forward(m, x)
+                                                    .to("meta")), "module"),
+    "output a tuple": (lambda m: setattr(m, "forward", lambda x: (torch.nn.Conv2d.forward(m, x),)), "module"),
+    "output flattened": (lambda m: setattr(m, "forward", lambda x: torch.nn.Conv2d.forward(m, x).reshape(-1)),
+                         "value"),
+    "output NaN": (lambda m: setattr(m, "forward", lambda x: torch.nn.Conv2d.forward(m, x) * math.nan), "nan-inf"),
+}
+
+
+def test_a_misbehaving_folded_module_is_a_problem_never_an_exception():
+    from bncheck.fusion_cases import FoldScenario, evaluate
+    sc = FoldScenario(c_in=2, c_out=3, kernel=(3, 3), spatial=(5, 5), seed=1)
+    for name, (change, category) in FOLDS.items():
+        out = evaluate(_folded(change), sc)
+        assert [p.category for p in out.problems] == [category], (name, out.problems)
+
+
+def test_a_malformed_rank_result_is_a_sync_discrepancy_never_an_exception():
+    import numpy as np
+
+    from bncheck import sync_reference as R
+    sc = R.SyncScenario(shards=(2, 3), channels=3, spatial=(4,), steps=(True, False))
+    data = R.materialize(sc)
+
+    def observed():
+        out = [{"steps": []} for _ in sc.shards]
+        befores = [(data.running_mean, data.running_var, 0)] * sc.world_size
+        for k, train in enumerate(sc.steps):
+            exp = R.step(sc, data.xs[k], data.dys[k], data.weight, data.bias, befores, train)
+            for r, e in enumerate(exp):
+                v = {key: (t.to(sc.torch_dtype).numpy() if isinstance(t, torch.Tensor) else t)
+                     for key, t in e.values.items()}
+                state = [{"running_mean": befores[r][0].numpy(), "running_var": befores[r][1].numpy(),
+                          "num_batches_tracked": befores[r][2]},
+                         {"running_mean": v["running_mean"], "running_var": v["running_var"],
+                          "num_batches_tracked": v["num_batches_tracked"]}]
+                out[r]["steps"].append({"y": v["output"], "dx": v["dx"], "dweight": v.get("dweight"),
+                                        "dbias": v.get("dbias"), "before": state[0], "after": state[1]})
+            befores = [(e.values["running_mean"].to(sc.torch_dtype).double(),
+                        e.values["running_var"].to(sc.torch_dtype).double(), e.values["num_batches_tracked"])
+                       for e in exp]
+        return out
+    assert R.compare(sc, data, observed()).discrepancies == []
+    bad = {
+        "y": [lambda a: a.reshape(-1), lambda a: (a, a), lambda a: np.array([object()] * 2), lambda a: None,
+              lambda a: a.astype(np.complex128) + 1j, lambda a: a[None]],
+        "dweight": [lambda a: a[:-1], lambda a: "grad"],
+        "before.running_mean": [lambda a: a[:-1], lambda a: "mean"],
+        "after.num_batches_tracked": [lambda n: "one", lambda n: np.array([n, n])],
+    }
+    for where, changes in bad.items():
+        for change in changes:
+            obs = observed()
+            step = obs[1]["steps"][0]
+            if "." in where:
+                part, key = where.split(".")
+                step[part][key] = change(step[part][key])
+            else:
+                step[where] = change(step[where])
+            cmp = R.compare(sc, data, obs)
+            if where.startswith("before."):   # not C values: the reference follows its own state, as for None
+                assert cmp.discrepancies == [], (where, cmp.discrepancies)
+                continue
+            assert cmp.discrepancies and all(d.rank == 1 for d in cmp.discrepancies), (where, cmp.discrepancies)
