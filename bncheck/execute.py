@@ -7,6 +7,7 @@ implementation's ``state`` mapping (flattening odd shapes such as ``(1, C, 1, 1)
 """
 from __future__ import annotations
 
+import copy
 import traceback
 from dataclasses import dataclass, field
 
@@ -164,12 +165,14 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
         _write(module, impl.attr("running_mean"), data.running_mean)
         _write(module, impl.attr("running_var"), data.running_var)
     try:
-        trace.state_dict_keys = tuple(module.state_dict().keys())
+        state = module.state_dict(keep_vars=True)
+        trace.state_dict_keys = tuple(state.keys())
     except Exception as e:
+        state = {}
         trace.state_dict_keys = (f"<state_dict() raised {type(e).__name__}>",)
     trace.buffer_names = tuple(name for name, _ in module.named_buffers())
     if sc.track_running_stats:
-        stats_as_state(impl, sc, module, trace)
+        stats_as_state(impl, sc, module, trace, state)
     params = [p for p in module.parameters()]
     for k, stp in enumerate(sc.steps):
         obs = Observation(before=read_state(module, impl, c))
@@ -235,27 +238,36 @@ def _storage(t: torch.Tensor):
         return None
 
 
-def stats_as_state(impl: Implementation, sc: Scenario, module, trace: Trace):
+_FOLLOWS_TO: dict = {}    # (implementation, module class, dtype, rank, affine) -> (stats_follow_to, note)
+
+
+def stats_as_state(impl: Implementation, sc: Scenario, module, trace: Trace, state: dict):
     """Whether the running statistics are module state, decided on the objects, not on names: the tensor read
-    through the state mapping (or its storage) is one of ``state_dict(keep_vars=True)``'s, and ``.to()`` on a
-    copy of the module (a fresh build if it cannot be copied) converts the statistic read through the mapping
-    to another dtype. Buffers, ``Parameter(requires_grad=False)`` statistics and statistics reached through a
-    property path all pass; plain tensor attributes fail both."""
-    try:
-        state = [v for v in module.state_dict(keep_vars=True).values() if isinstance(v, torch.Tensor)]
-    except Exception:
-        state = []
-    ids = {id(v) for v in state}
-    ptrs = {p for p in map(_storage, state) if p is not None}
+    through the state mapping (or its storage) is one of ``state_dict(keep_vars=True)``'s (``state``), and
+    ``.to()`` on a copy of the module (a fresh build if it cannot be copied) converts the statistic read through
+    the mapping to another dtype. Buffers, ``Parameter(requires_grad=False)`` statistics and statistics reached
+    through a property path pass; plain tensor attributes fail both. The ``.to()`` test is made once per module
+    class and configuration in a process."""
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    ids = {id(v) for v in tensors}
+    ptrs = {p for p in map(_storage, tensors) if p is not None}
     current = {}
     for key in STAT_KEYS:
         t = resolve(module, impl.attr(key))
         if isinstance(t, torch.Tensor):
-            trace.stats_in_state_dict[key] = id(t) in ids or _storage(t) in ptrs and _storage(t) is not None
+            trace.stats_in_state_dict[key] = id(t) in ids or _storage(t) in ptrs
             current[key] = t.dtype
     if not current:
         return
-    import copy
+    cache = (impl.name, impl.source, type(module), tuple(current.items()), sc.rank, sc.affine)
+    if cache not in _FOLLOWS_TO:
+        _FOLLOWS_TO[cache] = _follows_to(impl, sc, module, current)
+    follows, trace.stats_to_note = _FOLLOWS_TO[cache]
+    trace.stats_follow_to.update(follows)
+
+
+def _follows_to(impl: Implementation, sc: Scenario, module, current: dict) -> tuple[dict, str]:
+    follows, note = {}, ""
     try:
         other = copy.deepcopy(module)
         how = "a deep copy"
@@ -264,18 +276,17 @@ def stats_as_state(impl: Implementation, sc: Scenario, module, trace: Trace):
             other = impl.build(sc.spec())
             how = f"a fresh build (deepcopy raised {type(e).__name__})"
         except Exception as e2:
-            trace.stats_to_note = f"neither copied nor rebuilt ({type(e).__name__}, {type(e2).__name__})"
-            return
+            return follows, f"neither copied nor rebuilt ({type(e).__name__}, {type(e2).__name__})"
     for key, dt in current.items():
         target = torch.float32 if dt == torch.float64 else torch.float64
         try:
             converted = other.to(target)
             t = resolve(converted if isinstance(converted, torch.nn.Module) else other, impl.attr(key))
-            trace.stats_follow_to[key] = isinstance(t, torch.Tensor) and t.dtype == target
+            follows[key] = isinstance(t, torch.Tensor) and t.dtype == target
+            note = note or f".to({str(target)[6:]}) on {how}"
         except Exception as e:
-            trace.stats_to_note = f".to({str(target)[6:]}) on {how} raised {type(e).__name__}: {str(e)[:80]}"
-        else:
-            trace.stats_to_note = f".to({str(target)[6:]}) on {how}"
+            note = f".to({str(target)[6:]}) on {how} raised {type(e).__name__}: {str(e)[:80]}"
+    return follows, note
 
 
 def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
