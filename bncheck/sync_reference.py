@@ -332,7 +332,7 @@ def compare(sc: SyncScenario, data: SyncData, observed: list, knobs: SyncKnobs =
         befores = []
         for r in range(R):
             bf = observed[r]["steps"][k]["before"]
-            rm, rv = (_channel_values(bf[key], sc.channels) for key in ("running_mean", "running_var"))
+            rm, rv = (_channel_values(_t(bf[key]), sc.channels) for key in ("running_mean", "running_var"))
             nbt = _count(bf["num_batches_tracked"])
             befores.append((own[r][0] if rm is None else rm, own[r][1] if rv is None else rv,
                             own[r][2] if nbt is None else nbt))
