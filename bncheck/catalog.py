@@ -68,8 +68,10 @@ _ENTRIES = [
     Entry("dtype-promotion", "the output dtype differs from the input dtype"),
     Entry("input-mutated", "the input tensor is modified in place"),
     Entry("non-contiguous-crash", "fails on channels_last or other non-contiguous input that torch accepts"),
-    Entry("rank-unsupported", "fails (raises) on an input rank torch accepts"),
+    Entry("rank-unsupported", "fails (raises, or returns another shape) on an input rank torch accepts"),
     Entry("rank-wrong-results", "wrong values on an input rank torch accepts, where other ranks are right"),
+    Entry("output-shape", "the output is not a tensor like the input: another shape or rank, not a tensor (a tuple, "
+          "None), complex, or on another device"),
     Entry("layout-not-preserved", "output memory format differs from the input's (channels_last in, contiguous out)"),
     Entry("nan-inf", "NaN/Inf where torch gives finite values"),
     Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),

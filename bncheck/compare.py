@@ -17,6 +17,7 @@ from . import oracle as O
 from .execute import Observation, Trace
 from .scenario import Data, Scenario
 
+STAT_FIELDS = ("running_mean", "running_var")
 VALUE_FIELDS = ("output", "running_mean", "running_var", "num_batches_tracked", "dx", "dweight", "dbias")
 
 
@@ -61,32 +62,76 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _values(cmp: Comparison, step: int, name: str, got: torch.Tensor | None, ref: torch.Tensor | None,
+def readable(v) -> tuple[torch.Tensor | None, str | None]:
+    """A detached float64 CPU copy of an observed value, or why it cannot be one (never raises).
+
+    ``None`` stays ``None``; a non-tensor, a complex tensor with imaginary parts, or a tensor that cannot be
+    brought to the CPU (e.g. on the meta device) is a problem, described."""
+    if v is None:
+        return None, None
+    if not isinstance(v, torch.Tensor):
+        return None, f"a {type(v).__name__}, not a tensor"
+    try:
+        t = v.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.is_complex():
+            if bool((t.imag != 0).any()):
+                return None, f"a {str(t.dtype)[6:]} tensor with non-zero imaginary parts"
+            t = t.real
+        return t.to("cpu", torch.float64).clone(), None
+    except Exception as e:   # meta or quantized tensors, tensor subclasses that refuse the conversion
+        return None, f"a tensor bncheck cannot read on the CPU ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _count(v) -> int | None:
+    """num_batches_tracked as an int, or None when it is not one number."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v
+    try:
+        t = torch.as_tensor(v)
+        if t.numel() == 1 and not t.is_complex():
+            f = float(t.reshape(()).item())
+            return int(f) if math.isfinite(f) and f == int(f) else None
+    except Exception:
+        pass
+    return None
+
+
+def _values(cmp: Comparison, step: int, name: str, got, ref: torch.Tensor | None,
             bud: torch.Tensor | None, dtype: torch.dtype = torch.float64):
-    """Compare float64 ``got`` with ``ref`` under per-element ``bud``; record ratio and any discrepancy.
+    """Compare ``got`` (any observed value; a tensor is taken as float64) with ``ref`` under per-element ``bud``;
+    record ratio and any discrepancy. A value that is not a tensor, or not of ``ref``'s shape, is an unbounded
+    discrepancy; a missing budget means the value must match exactly.
 
     ``dtype`` is the precision the value is stored in: where the exact value exceeds its largest finite number,
     an infinity of the right sign is the correct result (overflow), not a defect."""
+    got, problem = readable(got)
+    if problem is not None:
+        cmp.add(Discrepancy(step, name, math.inf, f"{name} is {problem}"))
+        cmp.ratios[name] = math.inf
+        return
     if ref is None and got is None:
         return
     if ref is None:
         ref = torch.zeros_like(got)
-        bud = torch.full_like(got, B.TINY)
+        bud = None
     if got is None:
         cmp.add(Discrepancy(step, name, math.inf, "missing (torch produces a value)"))
         cmp.ratios[name] = math.inf
         return
     if got.shape != ref.shape:
-        if got.numel() == ref.numel():
-            got = got.reshape(ref.shape)
-        else:
-            cmp.add(Discrepancy(step, name, math.inf, f"shape {tuple(got.shape)}, torch {tuple(ref.shape)}"))
-            cmp.ratios[name] = math.inf
-            return
+        cmp.add(Discrepancy(step, name, math.inf, f"shape {tuple(got.shape)}, torch {tuple(ref.shape)}"))
+        cmp.ratios[name] = math.inf
+        return
+    if bud is None or bud.shape != ref.shape:
+        bud = torch.full_like(ref, B.TINY)
     if ref.numel() == 0:
         cmp.ratios.setdefault(name, 0.0)
         return
-    big = torch.finfo(dtype).max
+    big = torch.finfo(dtype).max if dtype.is_floating_point else torch.finfo(torch.float64).max
     overflow = (ref.abs() > big) & torch.isinf(got) & (torch.sign(got) == torch.sign(ref))
     ref = torch.where(overflow, got, ref)
     ref_fin, got_fin = torch.isfinite(ref), torch.isfinite(got)
@@ -145,9 +190,9 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
     if knobs.stats_dtype is not None:   # statistics kept (and combined) in a lower precision, already named
         u_kept = B.u(getattr(torch, knobs.stats_dtype))
         u_in, u_p = max(u_in, u_kept), max(u_p, u_kept)
-    w = trace.weight if sc.affine else None
-    b = trace.bias if sc.affine else None
-    if sc.affine and (w is None or b is None):
+    w = _channel_values(trace.weight, c) if sc.affine else None
+    b = _channel_values(trace.bias, c) if sc.affine else None
+    if sc.affine and (w is None or b is None):   # not read back: the values bncheck meant to write
         w = data.weight if w is None else w
         b = data.bias if b is None else b
     own = oracle_state(sc, trace, data)
@@ -159,10 +204,11 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             cmp.declined = obs.unsupported
             break
         st = own
-        if sc.track_running_stats and obs.before is not None and obs.before.readable:
-            st = O.State(obs.before.running_mean, obs.before.running_var,
-                         own.num_batches_tracked if obs.before.num_batches_tracked is None
-                         else obs.before.num_batches_tracked)
+        if sc.track_running_stats and obs.before is not None:
+            rm, rv = (_before(cmp, k, key, getattr(obs.before, key, None), c) for key in STAT_FIELDS)
+            if rm is not None and rv is not None:
+                nbt = _count(getattr(obs.before, "num_batches_tracked", None))
+                st = O.State(rm, rv, own.num_batches_tracked if nbt is None else nbt)
         x, dy = data.xs[k], data.dys[k]
         res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs)
         alt = None
@@ -192,21 +238,24 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             cmp.add(Discrepancy(k, "error", math.inf, f"{obs.error} in {obs.error_where}: {obs.error_message}",
                                 finding="crash"))
             continue
-        y = obs.y
-        if structural:
-            if y.dtype != sc.torch_dtype:
-                cmp.add(Discrepancy(k, "output dtype", math.inf, f"output dtype {str(y.dtype)[6:]}, input (and "
-                                    f"torch's output) {sc.dtype}", finding="dtype-promotion"))
-            if sc.layout == "channels_last":
-                fmt = torch.channels_last if sc.rank == 4 else torch.channels_last_3d
-                if y.dim() == sc.rank and not y.is_contiguous(memory_format=fmt):
-                    cmp.add(Discrepancy(k, "output layout", math.inf, f"channels_last input, output strides "
-                                        f"{y.stride()} are not channels_last", finding="layout-not-preserved"))
-        y64 = y.to("cpu", torch.float64)
         x64 = x.to("cpu", torch.float64)
         eps_used = sc.eps if knobs.eps_override is None else knobs.eps_override
-        if y64.shape != res.y.shape:
-            _values(cmp, k, "output", y64, res.y, None)
+        y, problem = readable(obs.y)
+        if structural and isinstance(obs.y, torch.Tensor):
+            _output_form(cmp, k, sc, x, obs.y)
+        if y is None or y.shape != res.y.shape:
+            # no values to compare: a finding of its own, unless the oracle under these knobs has that shape too
+            if isinstance(obs.y, torch.Tensor) and y is None:
+                detail = f"the output is {problem}"
+            elif y is None:
+                shown = getattr(obs, "output_kind", "") or ("None" if obs.y is None else f"a {type(obs.y).__name__}")
+                detail = f"forward returned {shown}, not a tensor"
+            else:
+                detail = f"output shape {tuple(y.shape)}, input {tuple(x.shape)}"
+                if tuple(res.y.shape) != tuple(x.shape):
+                    detail += f" (the oracle under these knobs: {tuple(res.y.shape)})"
+            cmp.add(Discrepancy(k, "output", math.inf, detail, finding="output-shape" if structural else None))
+            cmp.ratios["output"] = math.inf
         else:
             bud = B.output(x64, res.y, res.center, res.var, eps_used, w, b, res.n if res.used_batch_stats else 1,
                            u_in, u_in, eps_outside=knobs.eps_placement == "outside")
@@ -215,11 +264,12 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                 bud = torch.minimum(bud, B.output(x64, res.y, alt.center, alt.var, eps_alt, w, b,
                                                   alt.n if alt.used_batch_stats else 1, u_in, u_in,
                                                   eps_outside=budget_knobs.eps_placement == "outside"))
-            _values(cmp, k, "output", y64, res.y, bud, sc.torch_dtype)
+            _values(cmp, k, "output", y, res.y, bud, sc.torch_dtype)
         if sc.track_running_stats:   # every step: eval must leave the stats alone
             _stats(cmp, k, obs, st, res, u_in, u_p, sc.torch_param_dtype)
-        if stp.grad and res.dx is not None:
-            dx = None if obs.dx is None else obs.dx.to("cpu", torch.float64)
+        # gradients follow from the upstream gradient only when the output had the input's shape
+        if stp.grad and res.dx is not None and y is not None and y.shape == x.shape:
+            dx, _ = readable(obs.dx)
             if dx is not None and dx.shape == res.dx.shape:
                 bud = B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, res.center, res.var, eps_used, w,
                                    res.n, u_in, u_in, res.used_batch_stats)
@@ -231,7 +281,7 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                                                           alt.used_batch_stats))
                 _values(cmp, k, "dx", dx, res.dx, bud, sc.torch_dtype)
             else:
-                _values(cmp, k, "dx", dx, res.dx, None)
+                _values(cmp, k, "dx", obs.dx, res.dx, None)
             if sc.affine:
                 dy64 = dy.to("cpu", torch.float64)
                 if obs.affine_grad_missing and res.dweight is not None and structural:
@@ -247,10 +297,49 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
     return cmp
 
 
+def _channel_values(v, c: int) -> torch.Tensor | None:
+    """``v`` as float64 (C,) values, or None when it is not C numbers."""
+    t, problem = readable(v)
+    if problem is not None or t is None or t.numel() != c:
+        return None
+    return t.reshape(c)
+
+
+def _before(cmp: Comparison, k: int, key: str, v, c: int) -> torch.Tensor | None:
+    """A running statistic read before step ``k``: float64 (C,) values, or None (the oracle then follows its own
+    state). A read that is neither None nor C numbers is recorded as a discrepancy."""
+    if v is None:
+        return None
+    t = _channel_values(v, c)
+    if t is None:
+        t_, problem = readable(v)
+        what = problem or f"of shape {tuple(t_.shape)}"
+        cmp.add(Discrepancy(k, key, math.inf, f"{key} read before step {k + 1} is {what}, not {c} values"))
+        cmp.ratios[key] = math.inf
+    return t
+
+
+def _output_form(cmp: Comparison, k: int, sc: Scenario, x: torch.Tensor, y: torch.Tensor):
+    """Structural checks of an output tensor: dtype, device, memory format (never raises)."""
+    if y.dtype != sc.torch_dtype:
+        cmp.add(Discrepancy(k, "output dtype", math.inf, f"output dtype {str(y.dtype)[6:]}, input (and "
+                            f"torch's output) {sc.dtype}", finding="dtype-promotion"))
+    if y.device != x.device:
+        cmp.add(Discrepancy(k, "output device", math.inf, f"output on {y.device}, input on {x.device}",
+                            finding="output-shape"))
+    if sc.layout == "channels_last" and y.dim() == sc.rank and y.layout == torch.strided and y.device == x.device:
+        fmt = torch.channels_last if sc.rank == 4 else torch.channels_last_3d
+        if not y.is_contiguous(memory_format=fmt):
+            cmp.add(Discrepancy(k, "output layout", math.inf, f"channels_last input, output strides "
+                                f"{y.stride()} are not channels_last", finding="layout-not-preserved"))
+
+
 def _stats(cmp: Comparison, k: int, obs: Observation, st: O.State, res: O.StepResult, u_in, u_p, pdt):
     after, new = obs.after, res.state
-    if after is None or not after.readable or new.running_mean is None:
+    if after is None or new.running_mean is None:
         return
+    if getattr(after, "running_mean", None) is None or getattr(after, "running_var", None) is None:
+        return   # not C values (a shape drift, a plain attribute of another type): the state probes' finding
     n = res.n
     bm = res.batch_mean if res.batch_mean is not None else torch.zeros_like(new.running_mean)
     bv = res.batch_var if res.batch_var is not None else torch.zeros_like(new.running_var)
@@ -260,10 +349,37 @@ def _stats(cmp: Comparison, k: int, obs: Observation, st: O.State, res: O.StepRe
             B.running_mean(st.running_mean, new.running_mean, bm, bv, f, n, u_in, u_p), pdt)
     _values(cmp, k, "running_var", after.running_var, new.running_var,
             B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p), pdt)
-    if after.num_batches_tracked is not None and after.num_batches_tracked != new.num_batches_tracked:
+    got = getattr(after, "num_batches_tracked", None)
+    if got is not None and _count(got) != new.num_batches_tracked:
+        shown = got if isinstance(got, (int, float)) else f"{type(got).__name__} {str(got)[:40]}"
         cmp.add(Discrepancy(k, "num_batches_tracked", math.inf,
-                            f"num_batches_tracked {after.num_batches_tracked}, expected {new.num_batches_tracked}"))
+                            f"num_batches_tracked {shown}, expected {new.num_batches_tracked}"))
         cmp.ratios["num_batches_tracked"] = math.inf
+
+
+def _shape_of(read, key: str):
+    shape = read.shapes.get(key)
+    return tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (None if shape is None else str(shape))
+
+
+def _not_state(trace: Trace, key: str, path: str) -> str:
+    """Why the statistic at ``path`` is not module state ('' when it is). Decided on the objects (execute
+    records whether the very tensor is among state_dict()'s and whether .to() converts it); a trace without those
+    records falls back to names."""
+    in_sd = getattr(trace, "stats_in_state_dict", {}).get(key)
+    follows = getattr(trace, "stats_follow_to", {}).get(key)
+    if in_sd is None and follows is None:
+        if path in trace.buffer_names and path in trace.state_dict_keys:
+            return ""
+        return (f"{path!r} is a plain attribute, not a registered buffer: missing from state_dict() (keys: "
+                f"{list(trace.state_dict_keys)[:8]}) and not moved by .to()")
+    problems = []
+    if in_sd is False:
+        problems.append(f"the tensor at {path!r} is not among state_dict()'s tensors (keys: "
+                        f"{list(trace.state_dict_keys)[:8]})")
+    if follows is False:
+        problems.append(f"{getattr(trace, 'stats_to_note', '') or '.to()'} left {path!r} in its dtype")
+    return "; ".join(problems)
 
 
 def _state_probes(cmp: Comparison, sc: Scenario, trace: Trace):
@@ -279,16 +395,15 @@ def _state_probes(cmp: Comparison, sc: Scenario, trace: Trace):
             cmp.add(Discrepancy(-1, key, math.inf, f"no attribute {path!r} (state mapping) on the module",
                                 finding="stats-not-buffers"))
             continue
-        if path not in trace.buffer_names or path not in trace.state_dict_keys:
-            cmp.add(Discrepancy(-1, key, math.inf, f"{path!r} is a plain attribute, not a registered buffer: "
-                                f"missing from state_dict() (keys: {list(trace.state_dict_keys)}) and not moved "
-                                f"by .to()", finding="stats-not-buffers"))
+        why = _not_state(trace, key, path)
+        if why:
+            cmp.add(Discrepancy(-1, key, math.inf, why, finding="stats-not-buffers"))
         for i, r in enumerate(reads):
-            shape = r.shapes.get(key)
+            shape = _shape_of(r, key)
             if shape is not None and shape != (c,):
                 when = "initially" if i == 0 else "after a step"
-                first_bad = next((j for j, o in enumerate(trace.steps) if o.after and o.after.shapes.get(key)
-                                  not in (None, (c,))), -1)
+                first_bad = next((j for j, o in enumerate(trace.steps) if o.after and
+                                  _shape_of(o.after, key) not in (None, (c,))), -1)
                 if i == 0:
                     first_bad = -1
                 cmp.add(Discrepancy(first_bad, key, math.inf, f"{path!r} has shape {shape} {when}, expected ({c},)",

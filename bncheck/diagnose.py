@@ -185,7 +185,7 @@ def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
         cmp = compare(v, data, execute.run(impl, v, data), base)
         if cmp.declined is not None:
             return "declined"
-        if _crashes(cmp):
+        if _crashes(cmp) or any(d.finding == "output-shape" for d in cmp.discrepancies):
             return "crash"
         return "wrong" if any(not d.structural for d in cmp.discrepancies) else "right"
     works = [r for r in (2, 3, 4, 5) if r != sc.rank and outcome(r) == "right"]
@@ -198,8 +198,8 @@ def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
         return "rank-wrong-results", (f"rank {sc.rank} gives wrong results (also in a plain training step on shape "
                                       f"{shapes[sc.rank]}); {right}")
     if here == "crash":
-        return "rank-unsupported", (f"rank {sc.rank} gives wrong results here and raises in a plain training step on "
-                                    f"shape {shapes[sc.rank]}; {right}")
+        return "rank-unsupported", (f"rank {sc.rank} gives wrong results here and fails (raises, or returns another "
+                                    f"shape) in a plain training step on shape {shapes[sc.rank]}; {right}")
     return None
 
 
@@ -371,6 +371,22 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             if _crashes(_run(impl, bigger, base)):
                 fid, why = classify_crash(impl, bigger, base)
                 add(fid, d, [d.detail, why])
+        elif d.finding == "output-shape":
+            if drift_step is not None and d.step >= drift_step and any(
+                    x.finding == "state-shape-drift" for x in cmp.discrepancies):
+                continue   # computed from statistics the oracle cannot read: the drift is the cause
+            # a semantic bug can change the output's shape (statistics broadcast against the wrong axis): a knob
+            # setting that reproduces the shape and the values names it
+            fields = frozenset({"output"} | {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})
+            ids, flips, resid = explain(impl, sc, data, trace, fields, base, exhaustive=exhaustive)
+            if ids:
+                desc = ", ".join(f"{k}={v}" for k, v in flips.items())
+                for fid in ids:
+                    add(fid, d, [d.detail, f"matches the oracle with {desc} to {resid:.2g} x budget"], knobs=flips)
+            elif (ranked := probe_rank(impl, sc, base)):   # only this input rank comes out in another shape
+                add(ranked[0], d, [d.detail, ranked[1]])
+            else:
+                add("output-shape", d, [d.detail])
         else:
             add(d.finding, d, [d.detail])
     values = [d for d in owned if not d.structural]

@@ -7,6 +7,7 @@ implementation's ``state`` mapping (flattening odd shapes such as ``(1, C, 1, 1)
 """
 from __future__ import annotations
 
+import copy
 import traceback
 from dataclasses import dataclass, field
 
@@ -38,7 +39,8 @@ class Observation:
     error_message: str = ""
     error_where: str = ""                 # forward | backward
     unsupported: str | None = None        # the implementation declined this step (Unsupported)
-    y: torch.Tensor | None = None         # detached output, as returned
+    y: torch.Tensor | None = None         # detached output, as returned (None when forward returned no tensor)
+    output_kind: str = ""                 # what forward returned when it was not a tensor, e.g. "a tuple of 2"
     dx: torch.Tensor | None = None
     dweight: torch.Tensor | None = None   # flattened to (C,) float64
     dbias: torch.Tensor | None = None
@@ -58,6 +60,12 @@ class Trace:
     state_dict_keys: tuple = ()
     buffer_names: tuple = ()
     stat_attrs: dict = field(default_factory=dict)   # key -> attribute path
+    # running statistics as state (before any step), per key: the tensor read through the state mapping (or its
+    # storage) is among state_dict(keep_vars=True)'s tensors; .to() of a copy of the module converts it (None:
+    # not testable, see stats_to_note). Empty when there is nothing to read.
+    stats_in_state_dict: dict = field(default_factory=dict)
+    stats_follow_to: dict = field(default_factory=dict)
+    stats_to_note: str = ""
     steps: list = field(default_factory=list)
 
 
@@ -157,10 +165,14 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
         _write(module, impl.attr("running_mean"), data.running_mean)
         _write(module, impl.attr("running_var"), data.running_var)
     try:
-        trace.state_dict_keys = tuple(module.state_dict().keys())
+        state = module.state_dict(keep_vars=True)
+        trace.state_dict_keys = tuple(state.keys())
     except Exception as e:
+        state = {}
         trace.state_dict_keys = (f"<state_dict() raised {type(e).__name__}>",)
     trace.buffer_names = tuple(name for name, _ in module.named_buffers())
+    if sc.track_running_stats:
+        stats_as_state(impl, sc, module, trace, state)
     params = [p for p in module.parameters()]
     for k, stp in enumerate(sc.steps):
         obs = Observation(before=read_state(module, impl, c))
@@ -175,8 +187,6 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
         try:
             with torch.set_grad_enabled(stp.grad):
                 y = module(x)
-            if not isinstance(y, torch.Tensor):
-                raise TypeError(f"forward returned {type(y).__name__}, not a tensor")
         except Unsupported as e:
             obs.unsupported = str(e) or "declined"
             break
@@ -186,7 +196,14 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
             obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
             continue
         obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
-        obs.y = y.detach().clone(memory_format=torch.preserve_format)
+        if not isinstance(y, torch.Tensor):   # compare reports it; the state is still read
+            obs.output_kind = _kind_of(y)
+            obs.after = read_state(module, impl, c)
+            continue
+        try:
+            obs.y = y.detach().clone(memory_format=torch.preserve_format)
+        except Exception:
+            obs.y = y.detach()
         if stp.grad and y.requires_grad:
             try:
                 y.backward(data.dys[k].to(y.dtype) if y.shape == data.dys[k].shape else torch.ones_like(y))
@@ -204,6 +221,72 @@ def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
             if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None):
                 obs.stats_hold_graph = True
     return trace
+
+
+def _kind_of(v) -> str:
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(type(e).__name__ for e in v[:4]) + (", ..." if len(v) > 4 else "")
+        return f"a {type(v).__name__} of {len(v)} ({inner})"
+    return "None" if v is None else f"a {type(v).__name__}"
+
+
+def _storage(t: torch.Tensor):
+    try:
+        ptr = t.untyped_storage().data_ptr()
+        return ptr or None
+    except Exception:
+        return None
+
+
+_FOLLOWS_TO: dict = {}    # (implementation, module class, dtype, rank, affine) -> (stats_follow_to, note)
+
+
+def stats_as_state(impl: Implementation, sc: Scenario, module, trace: Trace, state: dict):
+    """Whether the running statistics are module state, decided on the objects, not on names: the tensor read
+    through the state mapping (or its storage) is one of ``state_dict(keep_vars=True)``'s (``state``), and
+    ``.to()`` on a copy of the module (a fresh build if it cannot be copied) converts the statistic read through
+    the mapping to another dtype. Buffers, ``Parameter(requires_grad=False)`` statistics and statistics reached
+    through a property path pass; plain tensor attributes fail both. The ``.to()`` test is made once per module
+    class and configuration in a process."""
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    ids = {id(v) for v in tensors}
+    ptrs = {p for p in map(_storage, tensors) if p is not None}
+    current = {}
+    for key in STAT_KEYS:
+        t = resolve(module, impl.attr(key))
+        if isinstance(t, torch.Tensor):
+            trace.stats_in_state_dict[key] = id(t) in ids or _storage(t) in ptrs
+            current[key] = t.dtype
+    if not current:
+        return
+    cache = (impl.name, impl.source, type(module), tuple(current.items()), sc.rank, sc.affine)
+    if cache not in _FOLLOWS_TO:
+        _FOLLOWS_TO[cache] = _follows_to(impl, sc, module, current)
+    follows, trace.stats_to_note = _FOLLOWS_TO[cache]
+    trace.stats_follow_to.update(follows)
+
+
+def _follows_to(impl: Implementation, sc: Scenario, module, current: dict) -> tuple[dict, str]:
+    follows, note = {}, ""
+    try:
+        other = copy.deepcopy(module)
+        how = "a deep copy"
+    except Exception as e:
+        try:
+            other = impl.build(sc.spec())
+            how = f"a fresh build (deepcopy raised {type(e).__name__})"
+        except Exception as e2:
+            return follows, f"neither copied nor rebuilt ({type(e).__name__}, {type(e2).__name__})"
+    for key, dt in current.items():
+        target = torch.float32 if dt == torch.float64 else torch.float64
+        try:
+            converted = other.to(target)
+            t = resolve(converted if isinstance(converted, torch.nn.Module) else other, impl.attr(key))
+            follows[key] = isinstance(t, torch.Tensor) and t.dtype == target
+            note = note or f".to({str(target)[6:]}) on {how}"
+        except Exception as e:
+            note = f".to({str(target)[6:]}) on {how} raised {type(e).__name__}: {str(e)[:80]}"
+    return follows, note
 
 
 def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:

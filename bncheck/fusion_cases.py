@@ -381,6 +381,14 @@ def _short(v) -> str:
     return f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)
 
 
+def _same(a, b) -> bool:
+    """Equality that never raises (a hyperparameter replaced by a tensor or an odd object is not the same)."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
 def structure(fused, conv) -> list:
     """``(category, detail)`` for every way the folded module differs from the conv in kind, shape, dtype, device."""
     if not isinstance(fused, nn.Module):
@@ -402,7 +410,7 @@ def structure(fused, conv) -> list:
         if t.device != conv.weight.device:
             out.append(("module", f"the folded {name} is on {t.device}, the conv on {conv.weight.device}"))
     for h in HYPERPARAMETERS:
-        if hasattr(conv, h) and getattr(fused, h, None) != getattr(conv, h):
+        if hasattr(conv, h) and not _same(getattr(fused, h, None), getattr(conv, h)):
             out.append(("module", f"the folded conv has {h}={getattr(fused, h, None)!r}, the conv "
                                   f"{getattr(conv, h)!r}"))
     return out
@@ -447,7 +455,11 @@ def evaluate(impl, sc: FoldScenario, knobs: FoldKnobs = FOLD_REFERENCE, *, check
     if got.dtype != x.dtype:
         res.problems.append(Problem("dtype", "fused(x)", f"fused(x) is {got.dtype} for {x.dtype} input"))
         return res
-    res.output = got.detach().double()
+    if got.device != x.device or got.layout != torch.strided:
+        res.problems.append(Problem("module", "fused(x)", f"fused(x) is a {got.layout} tensor on {got.device} for a "
+                                                          f"{x.layout} input on {x.device}"))
+        return res
+    res.output = got.detach().to("cpu", torch.float64)
     y, bud, _ = ref
     res.ratio, detail, cat = compare_output(res.output, y, bud)
     if cat:

@@ -25,7 +25,8 @@ class Property:
 
     def owns(self, d) -> bool:
         if d.structural:
-            return d.finding in self.structural or d.finding in ("crash", "nan-inf")
+            return d.finding in self.structural or d.finding in ("crash", "nan-inf") or (
+                d.finding == "output-shape" and "output" in self.values)
         return d.field in self.values
 
 

@@ -88,6 +88,9 @@ def _summary(impls: list[dict], strict: bool = False) -> str:
         declined = [f"{k}: {v[len('declined: '):]}" for k, v in (r.get("capabilities") or {}).items()
                     if str(v).startswith("declined") and r["verdict"] == "declined"]
         notes += [f"declined ({_esc(d)})" for d in declined]
+        warned = sum(k.get("count", 0) for k in r.get("warnings") or [])
+        if warned:
+            notes.append(f"{warned} warning(s) ({len(r['warnings'])} kind(s))")
         rows.append([r["name"], r["verdict"], r["cases"], worst_s, len(r["findings"]),
                      "; ".join(notes) or "-", r["origin"]])
     return tabulate(rows, headers=["implementation", "verdict", "cases", "worst error / budget by dtype",
@@ -107,6 +110,31 @@ def _findings(impls: list[dict]) -> str:
         return "No findings."
     return tabulate(frows, headers=["implementation", "finding", "property", "evidence", "error / budget",
                                     "minimal example", "reproducer"], tablefmt="pipe")
+
+
+def _where(where: str) -> str:
+    """file:line shortened to its last two path components."""
+    path, _, line = str(where).rpartition(":")
+    if not path:
+        return str(where)
+    return "/".join(path.replace("\\", "/").split("/")[-2:]) + ":" + line
+
+
+def _warnings(impls: list[dict]) -> str | None:
+    """Per implementation, the number of warnings and the first of each kind; None when there were none."""
+    rows = []
+    for r in impls:
+        kinds = r.get("warnings") or []
+        total = sum(k.get("count", 0) for k in kinds)
+        for i, k in enumerate(kinds):
+            msg = " ".join(str(k.get("message", "")).split())
+            msg = msg if len(msg) <= 120 else msg[:117] + "..."
+            rows.append([f"{r['name']} ({total})" if i == 0 else "", k.get("category", ""), _esc(msg),
+                         _esc(_where(k.get("where", ""))), k.get("count", 0), k.get("property") or "-"])
+    if not rows:
+        return None
+    return tabulate(rows, headers=["implementation (warnings)", "category", "message", "where", "count",
+                                   "first seen in"], tablefmt="pipe")
 
 
 def render_markdown(rep: dict) -> str:
@@ -129,6 +157,10 @@ def render_markdown(rep: dict) -> str:
                 lines[-2] = lines[-2] + f" World sizes: {', '.join(map(str, sizes))}."
         lines.append(_summary(impls, rep.get("strict", False)))
         lines += ["", "### Findings", "", _findings(impls)]
+        warned = _warnings(impls)
+        if warned:
+            lines += ["", "### Warnings", "", "Warnings raised while checking, counted by kind (category, message, "
+                      "where) and not printed; the first of each kind.", "", warned]
         caps = [r for r in impls if r.get("capabilities") and kind == "batchnorm"]
         if caps:
             lines += ["", "### Capabilities", "",

@@ -2,8 +2,10 @@
 (JSON-ready) summary the runner hands to the report."""
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from .spec import Unsupported
@@ -88,3 +90,50 @@ def summary(impl, kind: str, results: list, caps: dict, seconds: float, size: Ca
                                 "seconds": round(r.seconds, 2)} for r in results},
         "capabilities": caps, "seconds": round(seconds, 2), **extra,
     }
+
+
+@dataclass
+class WarningKind:
+    """One kind of warning raised while checking a plugin: same category, message text and place."""
+    category: str
+    message: str
+    where: str                     # file:line that raised it
+    count: int = 0
+    property: str = ""             # the property being checked when it was first seen
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class WarningLog:
+    """Counts the warnings raised while checking one plugin, by (category, message, file:line); nothing is
+    printed. ``capture()`` routes every warning here (filter "always", so repeats are counted too)."""
+
+    MAX_KINDS = 50                 # further kinds are counted under one "other" entry
+    MAX_MESSAGE = 500
+
+    def __init__(self):
+        self.kinds: dict[tuple, WarningKind] = {}
+        self.property = ""
+
+    def record(self, message, category, filename, lineno, file=None, line=None):
+        text = str(message)[:self.MAX_MESSAGE]
+        name = getattr(category, "__name__", str(category))
+        key = (name, text, f"{filename}:{lineno}")
+        if key not in self.kinds and len(self.kinds) >= self.MAX_KINDS:
+            key = ("(other)", "further kinds of warnings", "-")
+        kind = self.kinds.get(key)
+        if kind is None:
+            kind = self.kinds[key] = WarningKind(*key, property=self.property)
+        kind.count += 1
+
+    @contextlib.contextmanager
+    def capture(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = self.record       # restored by catch_warnings on exit
+            yield self
+
+    def summary(self) -> list:
+        """The kinds, in the order first seen, as plain dicts."""
+        return [k.to_dict() for k in self.kinds.values()]

@@ -15,6 +15,7 @@ import time
 import traceback
 
 from .registry import Implementation, Registry
+from .results import WarningLog
 
 PROPERTY_TIMEOUT_S = 240.0      # no progress for this long: the implementation is hung
 
@@ -38,35 +39,48 @@ def _accepted(fn, options: dict) -> dict:
 
 
 def _worker(source: str, name: str, options: dict, q):
+    log = WarningLog()            # every warning raised while checking this plugin is counted, none printed
+
+    def on_property(prop, result):
+        log.property = prop
+        q.put(("progress", prop))
     try:
-        import torch
-        torch.set_num_threads(1)
-        reg = Registry()
-        reg.load_source(source)
-        if name not in reg.implementations:
-            q.put(("error", f"could not re-load {name!r} from {source}: {reg.errors}"))
-            return
-        impl = reg.implementations[name]
-        check = _check_function(impl.kind)
-        options = dict(options, on_partial=lambda partial: q.put(("partial", partial)))
-        result = check(impl, on_property=lambda p, r: q.put(("progress", p)), **_accepted(check, options))
+        with log.capture():
+            import torch
+            torch.set_num_threads(1)
+            reg = Registry()
+            reg.load_source(source)
+            if name not in reg.implementations:
+                q.put(("error", f"could not re-load {name!r} from {source}: {reg.errors}"))
+                return
+            impl = reg.implementations[name]
+            check = _check_function(impl.kind)
+            options = dict(options, on_partial=lambda partial: q.put(("partial", dict(partial,
+                                                                                      warnings=log.summary()))))
+            result = check(impl, on_property=on_property, **_accepted(check, options))
         result.setdefault("kind", impl.kind)
+        result["warnings"] = log.summary()
         q.put(("result", result))
     except BaseException as e:   # reported as a crash finding by the parent
+        q.put(("warnings", log.summary()))
         q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
 
 
-def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: dict | None = None) -> dict:
-    """A crash/timeout finding; the properties finished before it (``partial``) are kept."""
+def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: dict | None = None,
+            warned: list | None = None) -> dict:
+    """A crash/timeout finding; the properties finished before it (``partial``) and the warnings counted until
+    then (``warned``, when the worker could still send them) are kept."""
     finding = {"id": fid, "property": prop, "where": "worker", "evidence": [evidence], "error_ratio": None,
                "example": "", "scenario": "", "repro": ""}
     if partial is not None:
         out = dict(partial, kind=impl.kind)
         out["findings"] = [f for f in partial["findings"] if f["id"] != fid] + [finding]
+        if warned is not None:
+            out["warnings"] = warned
         return out
     return {"name": impl.name, "kind": impl.kind, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
             "declined_cases": 0, "worst_ratio_by_dtype": {}, "properties": {}, "capabilities": {},
-            "seconds": 0.0, "findings": [finding]}
+            "seconds": 0.0, "findings": [finding], "warnings": warned or []}
 
 
 class Progress:
@@ -101,6 +115,7 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
     running: dict[str, tuple] = {}
     results: dict[str, dict] = {}
     partials: dict[str, dict | None] = {}
+    warned: dict[str, list | None] = {}
     progress = progress or Progress(len(impls))
     while pending or running:
         while pending and len(running) < max(1, jobs):
@@ -110,7 +125,7 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
             p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=impl.kind != "sync")
             p.start()
             running[impl.name] = (impl, p, q, time.monotonic(), "starting")
-            partials[impl.name] = None
+            partials[impl.name] = warned[impl.name] = None
         for name, (impl, p, q, last, current) in list(running.items()):
             done = None
             try:
@@ -122,11 +137,13 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
                         progress.show(name, payload)
                     elif kind == "partial":
                         partials[name] = payload
+                    elif kind == "warnings":
+                        warned[name] = payload
                     elif kind == "result":
                         done = payload
                         break
                     else:
-                        done = _failed(impl, "crash", payload, current, partials[name])
+                        done = _failed(impl, "crash", payload, current, partials[name], warned[name])
                         break
             except queue.Empty:
                 pass

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from . import budget as B
-from .compare import Comparison, _values
+from .compare import Comparison, _channel_values, _count, _values
 from .scenario import DTYPES
 
 FIELDS = ("output", "dx", "dweight", "dbias", "running_mean", "running_var", "num_batches_tracked")
@@ -305,8 +305,12 @@ class SyncComparison:
         return max((self.ratios.get(f, 0.0) for f in owned), default=0.0)
 
 
-def _t(a) -> torch.Tensor | None:
-    return None if a is None else torch.as_tensor(a).to(torch.float64)
+def _t(a):
+    """A rank's value as a tensor; what cannot be one is passed on as it is (compare reports it)."""
+    try:
+        return None if a is None else torch.as_tensor(a)
+    except Exception:
+        return a
 
 
 def _cmp(k: int, r: int, name: str, got, ref, bud, dtype) -> tuple[float, list]:
@@ -328,8 +332,8 @@ def compare(sc: SyncScenario, data: SyncData, observed: list, knobs: SyncKnobs =
         befores = []
         for r in range(R):
             bf = observed[r]["steps"][k]["before"]
-            rm, rv = _t(bf["running_mean"]), _t(bf["running_var"])
-            nbt = bf["num_batches_tracked"]
+            rm, rv = (_channel_values(_t(bf[key]), sc.channels) for key in ("running_mean", "running_var"))
+            nbt = _count(bf["num_batches_tracked"])
             befores.append((own[r][0] if rm is None else rm, own[r][1] if rv is None else rv,
                             own[r][2] if nbt is None else nbt))
         exp = step(sc, data.xs[k], data.dys[k], data.weight, data.bias, befores, train, knobs)
@@ -343,7 +347,7 @@ def compare(sc: SyncScenario, data: SyncData, observed: list, knobs: SyncKnobs =
                 cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), ratio)
                 cmp.discrepancies += ds
             nbt = after["num_batches_tracked"]
-            if nbt is not None and nbt != e.values["num_batches_tracked"]:
+            if nbt is not None and _count(nbt) != e.values["num_batches_tracked"]:
                 cmp.discrepancies.append(SyncDiscrepancy(k, r, "num_batches_tracked", math.inf,
                                                          f"num_batches_tracked {nbt}, expected "
                                                          f"{e.values['num_batches_tracked']}"))

@@ -20,6 +20,11 @@ def _finding(fid, prop="forward", ratio=12.5, repro="print('repro')"):
             "repro": repro}
 
 
+def _warning(category, message, count, prop="forward"):
+    return {"category": category, "message": message, "where": "/home/u/implementations/known_bugs.py:31",
+            "count": count, "property": prop}
+
+
 def _impl(name, findings=(), expect=(), kind="batchnorm", **extra):
     r = {"name": name, "kind": kind, "origin": f"implementations/{name}.py", "expect": sorted(expect),
          "cases": 120, "declined_cases": 3, "findings": list(findings),
@@ -32,7 +37,9 @@ def _impl(name, findings=(), expect=(), kind="batchnorm", **extra):
 def _report():
     impls = [
         _impl("clean-one"),
-        _impl("known-bugs", [_finding("inverted-momentum", "running-stats")], expect={"inverted-momentum"}),
+        _impl("known-bugs", [_finding("inverted-momentum", "running-stats")], expect={"inverted-momentum"},
+              warnings=[_warning("UserWarning", "var(): degrees of freedom is <= 0 | " + "long " * 40, 412),
+                        _warning("DeprecationWarning", "old API", 3, "modes")]),
         _impl("surprise", [_finding("eps-ignored", ratio=None)], expect={"biased-running-var"}),
         _impl("fold-ref", kind="fusion", capabilities={}),
         _impl("sync-ref", kind="sync", capabilities={}, world_sizes=[2, 3]),
@@ -93,3 +100,18 @@ def test_write_is_json_roundtrip(tmp_path):
     assert json.loads(js.read_text()) == json.loads(json.dumps(rep))
     assert md.read_text() == report.render_markdown(rep)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temporary files left behind
+
+
+def test_warnings_counted_by_kind_in_markdown_and_json(tmp_path):
+    rep = _report()
+    md = report.render_markdown(rep)
+    assert "### Warnings" in md and "415 warning(s) (2 kind(s))" in md
+    row = next(line for line in md.splitlines() if line.startswith("| known-bugs (415)"))
+    assert "UserWarning" in row and "degrees of freedom is <= 0 \\| long" in row and "..." in row
+    assert "implementations/known_bugs.py:31" in row and row.split()[-5:] == ["|", "412", "|", "forward",
+                                                                                        "|"]
+    assert md.count("### Warnings") == 1     # only the section whose implementations warned
+    _, js = report.write(rep, tmp_path)
+    kinds = next(r for r in json.loads(js.read_text())["implementations"] if r["name"] == "known-bugs")["warnings"]
+    assert [(k["category"], k["count"], k["property"]) for k in kinds] == [("UserWarning", 412, "forward"),
+                                                                         ("DeprecationWarning", 3, "modes")]

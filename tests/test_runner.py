@@ -36,3 +36,18 @@ def test_a_late_hang_keeps_the_properties_finished_before_it():
     assert [f["id"] for f in r["findings"]] == ["timeout"]
     assert "dtypes-layouts" in r["findings"][0]["evidence"][0]
     assert set(r["properties"]) == {"forward", "modes"} and r["cases"] > 0
+
+
+def test_warnings_are_counted_per_implementation_and_not_printed(tmp_path, capfd, monkeypatch):
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("BNCHECK_TEST_CALLS", str(calls))
+    reg = discover(plugin_dirs=[Path(__file__).parent / "plugins_odd"], entry_points=False)
+    (r,) = runner.run_all([reg.implementations["odd-warns"]], jobs=1, timeout_s=60, profile="quick", seed=0,
+                          properties=["forward"])
+    err = capfd.readouterr().err
+    assert r["findings"] == [] and r["cases"] > 0
+    (kind,) = r["warnings"]
+    assert kind["category"] == "UserWarning" and kind["message"] == "this layer is deprecated, use the new one"
+    assert kind["where"].endswith("warns.py:19") and kind["property"] == "forward"
+    assert kind["count"] == calls.stat().st_size > 0        # one per forward call, repeats included
+    assert "deprecated" not in err and "UserWarning" not in err
