@@ -47,9 +47,16 @@ class SquaredTerm(ScratchBN):
         return y + 0.05 * y * y
 
 
+class ExtraBatchAxis(ScratchBN):
+    """Returns the output with an extra leading axis of size 1, on every rank."""
+    def _finish(self, y, x):
+        return y.to(x.dtype).unsqueeze(0)
+
+
 # ids without a zoo mutant: a one-defect ScratchBN subclass here
 EXTRA = {"train-mode-ignored": AlwaysEval, "layout-not-preserved": ContiguousOut,
-         "stats-broadcast-axis": EvalStatsLastAxis, "output-mismatch": SquaredTerm}
+         "stats-broadcast-axis": EvalStatsLastAxis, "output-mismatch": SquaredTerm,
+         "output-shape": ExtraBatchAxis}
 
 
 def _impl(name: str, cls) -> bncheck.registry.Implementation:
