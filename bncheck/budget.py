@@ -5,9 +5,11 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     s      = sqrt(var_c + eps)                          the normaliser actually used
     cond_e = (|x_e| + |center_c|) / s                   cancellation in x - center, relative to s
     cond_c = (|center_c| + std_c) / s + 1               conditioning of the channel's statistics
+    cond_m = mean_c|x| / s   (batch statistics; 0 when the statistics are given, n = 1)
+                                                        the computed mean's own error, relative to s
     g(n)   = 1 + log2(1 + n)                            error growth of a pairwise/blocked reduction
 
-    output      K * g(n) * [u_in * (cond_e + cond_c * |xhat_e|) * |w_c| + u_out * (|y_e| + |b_c|)]
+    output      K * g(n) * [u_in * (cond_e + cond_m + cond_c * |xhat_e|) * |w_c| + u_out * (|y_e| + |b_c|)]
     running_mean K * g(n) * [u_p * (|(1-f) rm_old| + |f mean|) + f * u_in * (|mean| + std)]
     running_var  K * g(n) * [u_p * (|(1-f) rv_old| + |f var_unb|) + f * u_in * (var + |mean| std) * n/(n-1)]
     dx (train)  K * g(n) * u_in * |w|/s * [|dy_e| + mean|dy| + (1 + |xhat_e|) * cond_c * (mean|dy xhat| + mean|dy|)]
@@ -19,6 +21,28 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     fused conv  K * g(n) * u * [(|W'| conv |x|)_e + |s_c b_c| + |s_c mean_c| + |beta_c|] + K * u * |y_e|
                 (a folded conv-BN, ``bncheck.fusion_check``: u of the conv's dtype, n = C_in/groups * prod(kernel) + 1;
                 covers rounding W' and b' to the dtype and the conv's own accumulation, even where b' cancels)
+
+Where the terms come from (first order in u; m, v the exact batch mean and biased variance, m', v', s' computed):
+
+- The mean. A sum of n terms accumulated pairwise (or in blocks) is off by at most g(n) * u * sum|x_i|, so
+  |m' - m| <= g(n) * u * mean|x| (+ u |m| for the division, smaller). This does not depend on the element: it
+  shifts every x - m' of the channel alike, so the output carries |m' - m| / s * |w| even where x_e is at the
+  mean (xhat_e = 0). That is cond_m. It differs from |center| / s in cond_e when the mean is near zero but the
+  values are not (outliers): mean|x| can be as large as std while |m| is not.
+- The variance. Two-pass, v' = mean((x - m')^2): the shift m' - m changes v only to second order (v + (m'-m)^2);
+  rounding x - m' (to u_in: u * (|x| + |m|) each) and squaring and summing give
+  |v' - v| <= g(n) * u * (v + 2 std * (mean|x| + |m|)). Welford's update and float64 accumulation have the same
+  first-order bound; E[x^2] - E[x]^2 has u * (m^2 + v) instead, which is the ``cancellation`` defect.
+- Into y = (x - m') / s' * w + b: s' = sqrt(v' + eps) has |s' - s| / s <= |v' - v| / (2 s^2) (+ u for the sqrt),
+  and it enters as xhat_e * (s' - s) / s. With mean|x| <= sqrt(m^2 + v) <= |m| + std (Cauchy-Schwarz) and
+  std <= s, |v' - v| / (2 s^2) <= g(n) * u * (1/2 + (2 |m| + std) / s) <= 2 g(n) * u * cond_c: the term
+  cond_c * |xhat_e| (K covers the 2). The subtraction x - m' rounds to u * (|x| + |m|): cond_e. The affine step
+  and the output cast: u_out * (|y| + |b|).
+- The same gap in the other fields. Each already has the mean's error independent of xhat: dx through
+  (1 + |xhat_e|) * cond_c (xhat' - xhat = -((m' - m) + xhat (s' - s)) / s, and cond_c >= cond_m + 1), dweight
+  through cond_c * sum|dy| (1 + |xhat|) (sum dy * (xhat' - xhat)); the running statistics through
+  f * u_in * (|mean| + std) >= f * u_in * mean|x| and f * u_in * (var + |mean| std), the variance's bound above.
+  Only the output multiplied cond_c by |xhat_e|, which vanishes at the mean.
 
 u_in is the input dtype's roundoff: a correct implementation may round intermediates (x - mean, the mean
 itself) to the input precision, but must accumulate reductions in float32 or better. A reduction accumulated in
@@ -59,7 +83,9 @@ def _dims(rank: int) -> list[int]:
 
 
 def output(x, y_ref, center, var, eps, weight, bias, n, u_in, u_out, eps_outside=False):
-    """Per-element budget for the forward output (float64 tensors; center/var/weight/bias per channel)."""
+    """Per-element budget for the forward output (float64 tensors; center/var/weight/bias per channel).
+
+    ``n``: the reduction size of the statistics used, 1 when they are given (running statistics), not computed."""
     rank = x.dim()
     var = var.clamp_min(0)
     s = torch.sqrt(var) + eps if eps_outside else torch.sqrt(var + eps)
@@ -70,7 +96,10 @@ def output(x, y_ref, center, var, eps, weight, bias, n, u_in, u_out, eps_outside
     cond_c = (c.abs() + _chan(var.sqrt(), rank)) / sc + 1
     w = _chan(weight.abs(), rank) if weight is not None else 1.0
     b = _chan(bias.abs(), rank) if bias is not None else 0.0
-    return K * growth(n) * (u_in * (cond_e + cond_c * xhat.abs()) * w + u_out * (y_ref.abs() + b)) + TINY
+    cond_m = 0.0
+    if n > 1 and x.numel():   # batch statistics: the computed mean's own error, the same for every element
+        cond_m = x.abs().mean(_dims(rank), keepdim=True) / sc
+    return K * growth(n) * (u_in * (cond_e + cond_m + cond_c * xhat.abs()) * w + u_out * (y_ref.abs() + b)) + TINY
 
 
 def running_mean(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p):
