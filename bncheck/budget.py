@@ -54,6 +54,9 @@ itself), and it enters wherever s does, as the relative error d_c of s (the outp
 + K g(n) d_c |xhat| |w|, + K g(n) d_c (|dx| + 2 |w|/s |xhat| mean|dy xhat|), + K g(n) d_c sum|dy xhat|), and the
 running variance as + K g(n) f var_err n/(n-1).
 
+Results stored below the dtype's smallest normal number (float16 gradients of 1e-6) are rounded to its subnormal
+spacing, an absolute error that no relative term covers: the output and dx budgets add K * u * smallest normal.
+
 u_in is the input dtype's roundoff: a correct implementation may round intermediates (x - mean, the mean
 itself) to the input precision, but must accumulate reductions in float32 or better. A reduction accumulated in
 float16 grows like n * u_half and an E[x^2]-E[x]^2 variance like u * mean^2 / var: both leave this budget as n or
@@ -78,6 +81,13 @@ TINY = 1e-300
 
 def u(dtype: torch.dtype) -> float:
     return UNIT_ROUNDOFF.get(dtype, 2.0 ** -24)
+
+
+def underflow(u_: float) -> float:
+    """The absolute error of rounding a result below the smallest normal number of the dtype whose roundoff is
+    ``u_``: half the spacing of its subnormals, u * smallest normal (float16: 3e-8; relative terms miss it)."""
+    dtype = next((d for d, v in UNIT_ROUNDOFF.items() if v == u_), None)
+    return u_ * torch.finfo(dtype).smallest_normal if dtype is not None else 0.0
 
 
 def growth(n: int) -> float:
@@ -117,7 +127,7 @@ def output(x, y_ref, center, var, eps, weight, bias, n, u_in, u_out, eps_outside
     if n > 1 and x.numel():   # batch statistics: the computed mean's own error, the same for every element
         cond_m = x.abs().mean(_dims(rank), keepdim=True) / sc
     return K * growth(n) * ((u_in * (cond_e + cond_m + cond_c * xhat.abs()) + _naive(var_err, s, rank) * xhat.abs())
-                            * w + u_out * (y_ref.abs() + b)) + TINY
+                            * w + u_out * (y_ref.abs() + b)) + K * underflow(u_out) + TINY
 
 
 def running_mean(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p):
@@ -142,7 +152,7 @@ def input_grad(x, dy, dx_ref, center, var, eps, weight, n, u_in, u_out, batch_st
     w = _chan(weight.abs(), rank) if weight is not None else 1.0
     ws = w / _chan(s, rank)
     if not batch_stats:
-        return K * (u_in * dy.abs() * ws + u_out * dx_ref.abs()) + TINY
+        return K * (u_in * dy.abs() * ws + u_out * dx_ref.abs() + underflow(u_out)) + TINY
     dims = _dims(rank)
     c = _chan(center, rank)
     xhat = (x - c) / _chan(s, rank)
@@ -154,7 +164,7 @@ def input_grad(x, dy, dx_ref, center, var, eps, weight, n, u_in, u_out, batch_st
     d = _naive(var_err, s, rank)
     return (K * growth(n) * (u_in * ws * (dy.abs() + mdy + (1 + xhat.abs()) * cond_c * (mdyx + mdy))
                              + d * (dx_ref.abs() + 2 * ws * xhat.abs() * mdyx))
-            + K * u_out * dx_ref.abs() + TINY)
+            + K * (u_out * dx_ref.abs() + underflow(u_out)) + TINY)
 
 
 def weight_grad(x, dy, dw_ref, center, var, eps, n, u_in, u_p, var_err=None):
