@@ -8,7 +8,6 @@ BatchNorm whose only defect is that variance formula.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest

@@ -84,7 +84,6 @@ def _impl_bn2d():
 # below is a few lines written from the definition; the zoo's ScratchBN (tests/zoo/reference.py) supplies the
 # module around it (parameters, running statistics, modes, mixed precision, torch's errors).
 
-import math  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
