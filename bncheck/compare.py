@@ -258,12 +258,13 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             cmp.ratios["output"] = math.inf
         else:
             bud = B.output(x64, res.y, res.center, res.var, eps_used, w, b, res.n if res.used_batch_stats else 1,
-                           u_in, u_in, eps_outside=knobs.eps_placement == "outside")
+                           u_in, u_in, eps_outside=knobs.eps_placement == "outside", var_err=res.var_err)
             if alt is not None and alt.center is not None and alt.center.shape == res.center.shape:
                 eps_alt = sc.eps if budget_knobs.eps_override is None else budget_knobs.eps_override
                 bud = torch.minimum(bud, B.output(x64, res.y, alt.center, alt.var, eps_alt, w, b,
                                                   alt.n if alt.used_batch_stats else 1, u_in, u_in,
-                                                  eps_outside=budget_knobs.eps_placement == "outside"))
+                                                  eps_outside=budget_knobs.eps_placement == "outside",
+                                                  var_err=res.var_err))
             _values(cmp, k, "output", y, res.y, bud, sc.torch_dtype)
         if sc.track_running_stats:   # every step: eval must leave the stats alone
             _stats(cmp, k, obs, st, res, u_in, u_p, sc.torch_param_dtype)
@@ -272,13 +273,13 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             dx, _ = readable(obs.dx)
             if dx is not None and dx.shape == res.dx.shape:
                 bud = B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, res.center, res.var, eps_used, w,
-                                   res.n, u_in, u_in, res.used_batch_stats)
+                                   res.n, u_in, u_in, res.used_batch_stats, var_err=res.var_err)
                 if alt is not None and alt.dx is not None and alt.center is not None and \
                         alt.center.shape == res.center.shape:
                     eps_alt = sc.eps if budget_knobs.eps_override is None else budget_knobs.eps_override
                     bud = torch.minimum(bud, B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, alt.center,
                                                           alt.var, eps_alt, w, alt.n, u_in, u_in,
-                                                          alt.used_batch_stats))
+                                                          alt.used_batch_stats, var_err=res.var_err))
                 _values(cmp, k, "dx", dx, res.dx, bud, sc.torch_dtype)
             else:
                 _values(cmp, k, "dx", obs.dx, res.dx, None)
@@ -290,7 +291,8 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                                         finding="no-grad-to-affine"))
                 else:
                     bw = None if res.dweight is None else B.weight_grad(x64, dy64, res.dweight, res.center, res.var,
-                                                                         eps_used, res.n, u_in, u_p)
+                                                                         eps_used, res.n, u_in, u_p,
+                                                                         var_err=res.var_err)
                     bb = None if res.dbias is None else B.bias_grad(dy64, res.dbias, res.n, u_in, u_p)
                     _values(cmp, k, "dweight", obs.dweight, res.dweight, bw, sc.torch_param_dtype)
                     _values(cmp, k, "dbias", obs.dbias, res.dbias, bb, sc.torch_param_dtype)
@@ -348,7 +350,7 @@ def _stats(cmp: Comparison, k: int, obs: Observation, st: O.State, res: O.StepRe
     _values(cmp, k, "running_mean", after.running_mean, new.running_mean,
             B.running_mean(st.running_mean, new.running_mean, bm, bv, f, n, u_in, u_p), pdt)
     _values(cmp, k, "running_var", after.running_var, new.running_var,
-            B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p), pdt)
+            B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p, var_err=res.batch_var_err), pdt)
     got = getattr(after, "num_batches_tracked", None)
     if got is not None and _count(got) != new.num_batches_tracked:
         shown = got if isinstance(got, (int, float)) else f"{type(got).__name__} {str(got)[:40]}"

@@ -248,6 +248,12 @@ def _ratio(cmp: Comparison, fields=("running_mean", "running_var", "output")) ->
 OFFSETS = {"float64": (1e2, 1e5), "float32": (1e1, 1e3), "float16": (1.0, 1e2), "bfloat16": (1.0, 30.0)}
 
 
+# A numeric defect named by its probe is assumed from then on through the knob that emulates it: the oracle computes
+# the variance as E[x^2] - E[x]^2 in the input precision, with the budget of that computation, so later divergences
+# it explains are not named again as something else (e.g. an eps that seems off where the variance cancelled).
+NUMERIC_KNOBS = {"cancellation": {"naive_variance": "input"}}
+
+
 def probe_cancellation(impl: Implementation, sc: Scenario, base: Knobs):
     """Error growing like (|mean|/std)^2 relative to a stable algorithm's bound: E[x^2]-E[x]^2."""
     lo, hi = OFFSETS[sc.dtype]
@@ -360,7 +366,7 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 fid = "cancellation"
             elif (why := probe_low_precision(impl, sc, base)):   # e.g. a float16 sum that overflows
                 fid = "low-precision-accumulation"
-            add(fid, d, [d.detail] + ([why] if why else []))
+            add(fid, d, [d.detail] + ([why] if why else []), knobs=NUMERIC_KNOBS.get(fid))
         elif d.finding == "missing-error" and d.detail.startswith("no error raised") and (
                 found := _explained_without_error(impl, sc, data, trace, owned_values, base, exhaustive)):
             ids, flips, lines = found
@@ -404,7 +410,7 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
         for fid, probe in (("cancellation", probe_cancellation), ("low-precision-accumulation", probe_low_precision)):
             why = probe(impl, sc, base)
             if why:
-                add(fid, worst, [worst.detail, why])
+                add(fid, worst, [worst.detail, why], knobs=NUMERIC_KNOBS.get(fid))
                 values = []
                 break
     if values:
@@ -422,7 +428,7 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
         else:
             why = probe_cancellation(impl, sc, base)
             if why:
-                add("cancellation", worst, [worst.detail, why])
+                add("cancellation", worst, [worst.detail, why], knobs=NUMERIC_KNOBS["cancellation"])
             elif (why := probe_low_precision(impl, sc, base)):
                 add("low-precision-accumulation", worst, [worst.detail, why])
             elif (ranked := probe_rank(impl, sc, base)):

@@ -37,6 +37,8 @@ class Knobs:
     detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
     detach_affine: bool = False             # weight/bias receive no gradient
     stats_broadcast: str = "channel"        # channel | last-axis: (C,) running stats broadcast against the last axis
+    naive_variance: str | None = None       # None: a stable batch variance | "input": E[x^2] - E[x]^2, the two means
+                                            # and the difference rounded to the input dtype (``naive_variance``)
     # Not a semantic knob: the dtype an implementation keeps its running statistics in, once diagnosis has found
     # it below the parameter dtype (plain attributes that .to() does not convert). The oracle ignores it;
     # comparisons widen the budgets of everything computed from those statistics to that dtype's roundoff.
@@ -87,6 +89,10 @@ class StepResult:
     n: int = 0
     factor: float | None = None       # the running-stat update factor used, if any
     used_batch_stats: bool = False
+    # naive_variance: how far a variance computed that way may be from the one emulated here, per channel (C,),
+    # of the batch variance and of the variance the output is normalised with (None: a stable variance)
+    batch_var_err: torch.Tensor | None = None
+    var_err: torch.Tensor | None = None
 
 
 def _dims(rank: int, reduction: str) -> list[int]:
@@ -103,14 +109,34 @@ def _per_channel(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).reshape(t.shape[1], -1).mean(1)
 
 
+def naive_variance(x: torch.Tensor, dims: list, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[x^2] - E[x]^2 as an implementation computes it in ``dtype``: each mean, the square of the mean and the
+    difference rounded to ``dtype`` (float64 ``x``; differentiable, rounding passes gradients through).
+
+    Returns (variance, allowance): the summation order of the implementation's own sums is unknown, so its
+    result may differ from this emulation by the accumulated roundoff of those sums, u * (E[x^2] + 2 |E[x]| E|x|
+    + |var|) per channel, times the reduction's growth (applied by ``budget``). That is the cancellation itself:
+    relative to var it is u * (mean/std)^2."""
+    def rnd(t):
+        return t.to(dtype).to(torch.float64)
+    mean = rnd(x.mean(dims, keepdim=True))
+    var = rnd(rnd((x * x).mean(dims, keepdim=True)) - rnd(mean * mean))
+    with torch.no_grad():
+        u = {torch.float64: 2.0 ** -53, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}.get(dtype, 2.0 ** -24)
+        allowance = u * ((x * x).mean(dims, keepdim=True) + 2 * mean.abs() * x.abs().mean(dims, keepdim=True)
+                         + var.abs())
+    return var, allowance
+
+
 def training_mode(training: bool, grad_enabled: bool, knobs: Knobs) -> bool:
     return {"training": training, "grad": grad_enabled, "always-train": True,
             "always-eval": False}[knobs.mode_source]
 
 
 def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, training: bool, grad_enabled: bool,
-            knobs: Knobs = TORCH) -> StepResult:
-    """Differentiable float64 forward of one step. ``x``, ``weight``, ``bias`` are float64 (may require grad).
+            knobs: Knobs = TORCH, in_dtype: torch.dtype = torch.float64) -> StepResult:
+    """Differentiable float64 forward of one step. ``x``, ``weight``, ``bias`` are float64 (may require grad);
+    ``in_dtype``: the dtype the input came in (what ``naive_variance="input"`` rounds to).
 
     Returns the output in ``StepResult.y`` (connected to the autograd graph) and the updated state.
     """
@@ -133,6 +159,9 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         warnings.simplefilter("ignore")    # the mean of a zero-size batch is NaN, by design
         mean_b = x.mean(dims, keepdim=True) if dims else x
         var_b = ((x - mean_b) ** 2).mean(dims, keepdim=True) if dims else torch.zeros_like(x)
+        if knobs.naive_variance is not None and dims and n_torch > 0:
+            var_b, allowance = naive_variance(x, dims, in_dtype)
+            res.batch_var_err = _per_channel(allowance)
     res.n = n_torch
     res.batch_mean, res.batch_var = _per_channel(mean_b.detach()), _per_channel(var_b.detach())
 
@@ -177,6 +206,7 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         if knobs.detach_stats in ("var", "both"):
             var = var.detach()
         res.used_batch_stats = True
+        res.var_err = res.batch_var_err
     elif source == "zero-one":
         center, var = x.new_zeros(shape), x.new_ones(shape)
     else:
@@ -222,7 +252,8 @@ def step(x: torch.Tensor, dy: torch.Tensor | None, weight, bias, state: State, c
     w = None if weight is None else weight.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
     b = None if bias is None else bias.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
     with torch.enable_grad() if grad_enabled else torch.no_grad():
-        res = forward(x64, w, b, state, cfg, training=training, grad_enabled=grad_enabled, knobs=knobs)
+        res = forward(x64, w, b, state, cfg, training=training, grad_enabled=grad_enabled, knobs=knobs,
+                      in_dtype=x.dtype)
     if res.error is None:
         # (a knob that broadcasts statistics against the wrong axis can change the output's shape: no gradients)
         if grad_enabled and dy is not None and res.y.requires_grad and res.y.shape == dy.shape:
@@ -257,7 +288,7 @@ class OracleBatchNorm(_NormBase):
         w = None if self.weight is None else self.weight.double()
         b = None if self.bias is None else self.bias.double()
         res = forward(x.double().contiguous(), w, b, state, self.cfg, training=self.training,
-                      grad_enabled=torch.is_grad_enabled(), knobs=self.knobs)
+                      grad_enabled=torch.is_grad_enabled(), knobs=self.knobs, in_dtype=x.dtype)
         if res.error:
             if self.cfg.eps <= 0.0:
                 raise ValueError(f"batch_norm eps must be positive during training, but got {self.cfg.eps}")
