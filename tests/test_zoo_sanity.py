@@ -651,6 +651,18 @@ def test_non_contiguous_crash_exposed():
     assert r.error is None and isinstance(g.error, RuntimeError) and "view" in str(g.error)
 
 
+def test_flatten_view_crash_exposed():
+    for shape in ((4, 3, 5, 6), (2, 3, 2, 3, 4)):
+        ref, mod = build_pair(M.FlattenViewCrash, Cfg(ndim=len(shape)))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        order = (0, 1) + tuple(range(len(shape) - 1, 1, -1))
+        permuted = x.permute(order).contiguous().permute(order)     # spatial axes stored last-to-first
+        assert torch.equal(permuted, x) and not permuted.is_contiguous()
+        assert close(ref(permuted), mod(x))
+        with pytest.raises(RuntimeError, match="view"):
+            mod(permuted)
+
+
 def test_rank_unsupported_exposed():
     _, _, (r,), (g,) = one_train_step(M.RankUnsupported, Cfg(ndim=5, spatial=2))
     assert r.error is None and isinstance(g.error, ValueError)
@@ -707,6 +719,9 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
     "rank-unsupported": [Cfg(ndim=2, batch=8), Cfg(ndim=3), Cfg(ndim=4)],
     "missing-error": [Cfg(), Cfg(ndim=2, batches=(1, 1), steps=(("eval", True), ("eval", False)))],
     "affine-false-crash": [Cfg(affine=True), Cfg(track=False)],
+    "flatten-view-crash": [Cfg(), Cfg(channels_last=True), Cfg(ndim=5, spatial=2, channels_last=True),
+                           Cfg(ndim=2, batch=8), Cfg(xdtype=torch.float16, channels_last=True),
+                           Cfg(momentum=None, batches=(0, 4))],
 }
 
 
