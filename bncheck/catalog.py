@@ -38,8 +38,9 @@ _ENTRIES = [
           knobs=({"train_stats": "running-after"}, {"train_stats": "running-before"})),
     Entry("mode-from-grad-mode", "train/eval follows torch.is_grad_enabled() or another flag, not module.training",
           knobs=({"mode_source": "grad"}, {"mode_source": "always-train"}, {"mode_source": "always-eval"})),
-    Entry("stats-updated-in-eval", "running statistics change in eval mode",
-          knobs=({"update_in_eval": True},)),
+    Entry("stats-updated-in-eval", "running statistics change in eval mode (after the eval output, or before it "
+          "and then used to normalise it)",
+          knobs=({"update_in_eval": True}, {"update_in_eval": "before-output"})),
     Entry("stats-not-updated", "running statistics never change in training",
           knobs=({"update_stats": False},)),
     Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",

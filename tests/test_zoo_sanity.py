@@ -458,6 +458,20 @@ def test_stats_updated_in_eval_exposed():
     assert close(g.y, r.y)      # normalised with the statistics as they were before the call
 
 
+def test_stats_updated_before_eval_output_exposed():
+    cfg = Cfg(random_state=True, steps=(("eval", False),))
+    _, mod, (r,), (g,) = trace_pair(M.StatsUpdatedBeforeEvalOutput, cfg)
+    fresh = build_pair(ScratchBN, cfg)[1]
+    rm0, rv0 = fresh.running_mean.double(), fresh.running_var.double()
+    mean, _, unbiased = batch_stats64(r.x)
+    assert torch.equal(r.state["running_mean"].double(), rm0) and int(g.state["num_batches_tracked"]) == 1
+    assert close(g.state["running_mean"], 0.9 * rm0 + 0.1 * mean)
+    assert close(g.state["running_var"], 0.9 * rv0 + 0.1 * unbiased)
+    # the eval output is normalised with the statistics just updated, not those the call started from
+    assert close(g.y, normalized64(r.x, g.state["running_mean"], g.state["running_var"], 1e-5, mod.weight, mod.bias))
+    assert close(r.y, normalized64(r.x, rm0, rv0, 1e-5, mod.weight, mod.bias)) and far(g.y, r.y)
+
+
 def test_stats_not_updated_exposed():
     _, _, (r,), (g,) = one_train_step(M.StatsNotUpdated, Cfg())
     assert far(r.state["running_mean"], torch.zeros(3)) and far(r.state["running_var"], torch.ones(3))
@@ -722,6 +736,7 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
     "flatten-view-crash": [Cfg(), Cfg(channels_last=True), Cfg(ndim=5, spatial=2, channels_last=True),
                            Cfg(ndim=2, batch=8), Cfg(xdtype=torch.float16, channels_last=True),
                            Cfg(momentum=None, batches=(0, 4))],
+    "stats-updated-before-eval-output": [Cfg(steps=TRAIN_ONLY), Cfg(track=False, steps=TRAIN_EVAL_NOGRAD)],
 }
 
 

@@ -397,6 +397,21 @@ class FlattenViewCrash(ScratchBN):
         return mean.reshape(shape), var.reshape(shape)
 
 
+class StatsUpdatedBeforeEvalOutput(ScratchBN):
+    """In eval mode the running statistics are first updated from the batch, then used to normalise it.
+
+    Two steps of one defect ("adapt to the test batch, then normalise"): the statistics change in eval, and the eval
+    output differs from torch's because it already uses the changed statistics.
+    """
+    finding = "stats-updated-in-eval"
+
+    def forward(self, x):
+        if not self.training and self.track_running_stats:
+            self._count_batch()
+            self._update_running(*self._batch_stats(x, x.to(self._compute_dtype(x))), values_per_channel(x))
+        return super().forward(x)
+
+
 MUTANTS: dict[str, type[ScratchBN]] = {
     "inverted-momentum": InvertedMomentum,
     "momentum-ignored": MomentumIgnored,
@@ -432,4 +447,5 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "missing-error": MissingError,
     "affine-false-crash": AffineFalseCrash,
     "flatten-view-crash": FlattenViewCrash,
+    "stats-updated-before-eval-output": StatsUpdatedBeforeEvalOutput,
 }
