@@ -44,8 +44,9 @@ _ENTRIES = [
           knobs=({"mode_source": "always-train"},)),
     Entry("train-mode-ignored", "always evaluates (running statistics, no update), whatever .train() says",
           knobs=({"mode_source": "always-eval"},)),
-    Entry("stats-updated-in-eval", "running statistics change in eval mode",
-          knobs=({"update_in_eval": True},)),
+    Entry("stats-updated-in-eval", "running statistics change in eval mode (after the eval output, or before it "
+          "and then used to normalise it)",
+          knobs=({"update_in_eval": True}, {"update_in_eval": "before-output"})),
     Entry("stats-not-updated", "running statistics never change in training (whether num_batches_tracked counts "
           "or not)", knobs=({"update_stats": False}, {"update_stats": False, "count_frozen": True})),
     Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",

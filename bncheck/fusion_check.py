@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 
 import hypothesis
 import torch
-from hypothesis import HealthCheck, Phase, given, settings, target
+from hypothesis import HealthCheck, Phase, example, given, settings, target
 
 from .catalog import knob_hypotheses
 from .fold import FOLD_REFERENCE, FoldKnobs
-from .fusion_cases import FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
+from .fusion_cases import DIRECTED, FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
 from .registry import Implementation
 from .repro import load_plugin
 from .results import Finding, PropertyFailure, PropertyResult, accepts, summary
@@ -187,6 +187,12 @@ def _failing(impl, sc: FoldScenario, category: str, prop: FusionProperty, assume
     return [p for p in _owned(out, prop, assumed) if KEY[p.category] == KEY[category]]
 
 
+def _passes(impl, sc: FoldScenario, prop: FusionProperty, assumed: Assumed) -> bool:
+    """The scenario runs and has no owned problem of any kind (failing another way is not passing)."""
+    out = evaluate(impl, sc, assumed.knobs, check_output=prop.check_output)
+    return out.declined is None and out.unrepresentable is None and not _owned(out, prop, assumed)
+
+
 def _undo(sc: FoldScenario, probes) -> FoldScenario | None:
     try:
         for _, _, undo, _ in probes:
@@ -219,7 +225,7 @@ def isolate(impl, sc: FoldScenario, category: str, prop: FusionProperty, assumed
         return causes
     for probe in present:
         without = _undo(sc, [probe])
-        if without is not None and _failing(impl, without, category, prop, assumed) == []:
+        if without is not None and _passes(impl, without, prop, assumed):
             others = " and ".join(p[0] for p in present if p is not probe)
             return [(probe[0], probe[3], sc, None, f"only with {probe[0]} together with {others}: the same "
                                                    f"scenario {UNDO[probe[0]]} passes")]
@@ -281,9 +287,12 @@ def search_property(impl: Implementation, prop: FusionProperty, *, profile: str 
                 raise _failure(key)(f"{prop.name}: {key} on {sc.describe()}")
 
         phases = [Phase.explicit, Phase.generate] + ([Phase.target] if prop.targeted else []) + [Phase.shrink]
+        test = given(fold_scenarios())(check)
+        for sc in DIRECTED:
+            test = example(sc)(test)
         test = settings(max_examples=conf["max_examples"], deadline=None, database=None, phases=phases,
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
-                        verbosity=hypothesis.Verbosity.quiet)(given(fold_scenarios())(check))
+                        verbosity=hypothesis.Verbosity.quiet)(test)
         test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
         try:
             test()

@@ -27,7 +27,8 @@ class Knobs:
     eval_stats: str = "running"             # running | batch   (eval with track_running_stats=True)
     train_stats: str = "batch"              # batch | running-before | running-after
     mode_source: str = "training"           # training | grad | always-train | always-eval
-    update_in_eval: bool = False
+    update_in_eval: bool | str = False      # True: eval also updates the running stats (after its output) |
+                                            # before-output: updated first, and eval normalises with the new ones
     update_stats: bool = True
     count_frozen: bool = False              # with update_stats=False: num_batches_tracked still counts
     untracked_eval_stats: str = "batch"     # batch | zero-one  (eval with track_running_stats=False)
@@ -197,7 +198,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         source = knobs.train_stats if (mode and track) else (
             "batch" if mode else {"batch": "batch", "zero-one": "zero-one"}[knobs.untracked_eval_stats])
     else:
-        source = "batch" if knobs.eval_stats == "batch" else "running-before"
+        source = "batch" if knobs.eval_stats == "batch" else (
+            "running-after" if track and knobs.update_in_eval == "before-output" else "running-before")
     if source == "batch":
         center = mean_b
         var = var_b * n / (n - 1) if (knobs.norm_var_unbiased and n > 1) else var_b

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from . import strategies as S
+from .scenario import LAYOUTS
 
-ALL_LAYOUTS = ("contiguous", "channels_last", "strided")
+ALL_LAYOUTS = LAYOUTS     # contiguous, channels_last, and non-contiguous views (scenario.LAYOUTS)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ PROPERTIES = [
         structural={"no-grad-to-affine"}),
     _p("untracked", "track_running_stats=False: batch statistics in every mode", S.scenarios(
         step_seqs=S.steps(1, 3), track=st.just(False)), values={"output"}, structural={"missing-error"}),
-    _p("dtypes-layouts", "dtypes (incl. mixed precision), channels_last and non-contiguous input", S.scenarios(
+    _p("dtypes-layouts", "dtypes (incl. mixed precision), channels_last and non-contiguous input (strided, "
+       "permuted, channel-slice, batch-transposed views)", S.scenarios(
         dtypes=S.dtype_pairs(), layouts=ALL_LAYOUTS, step_seqs=S.steps(1, 2), momentum=st.just(0.1)),
        values={"output", "dx"}, structural={"dtype-promotion", "layout-not-preserved"}),
     _p("numerics", "adversarial inputs: large offsets, constant channels, tiny variance, outliers; larger batches",

@@ -12,7 +12,11 @@ import torch
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-LAYOUTS = ("contiguous", "channels_last", "strided")
+# contiguous | channels_last | strided: a stride of 2 on the last axis (still mergeable by .view(N, C, -1)) |
+# and views whose axes .view() cannot merge: permuted (spatial axes stored in reverse order), channel-slice
+# (channels 1..C of a C+2-channel tensor: N and C do not merge), batch-transposed (stored as (C, N, ...))
+LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "channel-slice", "batch-transposed")
+LAYOUT_RANKS = {"channels_last": (4, 5), "permuted": (4, 5)}     # the input ranks a layout exists for
 DISTRIBUTIONS = ("normal", "offset", "constant-channel", "tiny-variance", "outliers")
 
 
@@ -30,7 +34,7 @@ class Scenario:
     shape: tuple = (4, 3)
     dtype: str = "float32"            # input dtype
     param_dtype: str = "float32"      # parameter/buffer dtype (float32 with a half input = mixed precision)
-    layout: str = "contiguous"        # contiguous | channels_last | strided (a non-contiguous view)
+    layout: str = "contiguous"        # one of LAYOUTS (all but contiguous and channels_last are non-contiguous views)
     steps: tuple = (Step(),)
     momentum: float | None = 0.1
     eps: float = 1e-5
@@ -48,8 +52,8 @@ class Scenario:
             raise ValueError(f"Scenario dtype={self.dtype!r}/param_dtype={self.param_dtype!r}: one of {list(DTYPES)}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"Scenario.layout={self.layout!r}: one of {LAYOUTS}")
-        if self.layout == "channels_last" and len(self.shape) not in (4, 5):
-            raise ValueError(f"Scenario.layout='channels_last' needs rank 4 or 5, shape={self.shape}")
+        if len(self.shape) not in LAYOUT_RANKS.get(self.layout, (2, 3, 4, 5)):
+            raise ValueError(f"Scenario.layout={self.layout!r} needs rank 4 or 5, shape={self.shape}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"Scenario.distribution={self.distribution!r}: one of {DISTRIBUTIONS}")
         if not self.steps:
@@ -118,6 +122,16 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         view = big[..., ::2]
         view.copy_(x)
         return view
+    if layout == "permuted":  # spatial axes stored last-to-first: the reversal is its own inverse
+        order = (0, 1) + tuple(range(x.dim() - 1, 1, -1))
+        return x.permute(order).contiguous().permute(order)
+    if layout == "channel-slice":
+        big = x.new_zeros((x.shape[0], x.shape[1] + 2) + tuple(x.shape[2:]))
+        view = big[:, 1:-1]
+        view.copy_(x)
+        return view
+    if layout == "batch-transposed":
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
     return x.contiguous()
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from .scenario import Scenario, Step
+from .scenario import LAYOUT_RANKS, Scenario, Step
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 MIXED = (("float16", "float32"), ("bfloat16", "float32"))
@@ -50,11 +50,11 @@ epsilons = st.sampled_from([1e-5, 1e-3, 1e-1, 1e-8])
 def scenarios(draw, *, ranks=(2, 3, 4, 5), dtypes=st.sampled_from([("float32", "float32"), ("float64", "float64")]),
               layouts=("contiguous",), step_seqs=None, momentum=momenta, eps=epsilons, affine=st.booleans(),
               track=st.just(True), distributions=("normal",), offsets=(0.0,), shape_kw=None) -> Scenario:
-    shape = draw(shapes(ranks=ranks, **(shape_kw or {})))
+    # the layout first, then a rank it exists for (channels_last and permuted need rank 4 or 5): each layout is
+    # drawn as often as any other, whatever share of the ranks it allows
+    layout = draw(st.sampled_from([l for l in layouts if set(ranks) & set(LAYOUT_RANKS.get(l, ranks))]))
+    shape = draw(shapes(ranks=tuple(r for r in ranks if r in LAYOUT_RANKS.get(layout, ranks)), **(shape_kw or {})))
     dtype, pdtype = draw(dtypes)
-    rank = len(shape)
-    allowed = [l for l in layouts if l != "channels_last" or rank in (4, 5)]
-    layout = draw(st.sampled_from(allowed))
     dist = draw(st.sampled_from(distributions))
     offset = draw(st.sampled_from(offsets)) if dist in ("offset", "constant-channel") else 0.0
     return Scenario(shape=shape, dtype=dtype, param_dtype=pdtype, layout=layout,

@@ -82,9 +82,9 @@ class BatchNorm(nn.Module):
     expect={
         # verified against the code: E[x^2]-E[x]^2, biased running var, running stats keep the graph,
         # track_running_stats=False raises AttributeError, momentum=None raises, no error for one value per
-        # channel, float32 buffers promote half input
+        # channel, float32 buffers promote half input, x.view(N, C, -1) raises on spatial axes stored out of order
         "cancellation", "biased-running-var", "running-stats-hold-graph", "crash", "momentum-none",
-        "missing-error", "dtype-promotion",
+        "missing-error", "dtype-promotion", "non-contiguous-crash",
     },
 )
 def build(spec: bncheck.Spec) -> nn.Module:

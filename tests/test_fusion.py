@@ -118,6 +118,25 @@ def test_each_mutant_is_caught_and_named(plugins, name, finding):
     assert _ids(r) == {finding}, [(f["id"], f["evidence"], f["example"]) for f in r["findings"]]
 
 
+def test_transposed_reshape_back_is_wrong_exactly_where_both_channel_counts_exceed_one():
+    """The mutant's defect against torch's own fold: right for C_in = 1 or C_out = 1, wrong otherwise."""
+    fold = MUTANTS["transposed-reshape-back"]()
+    for c_in, c_out in ((1, 3), (3, 1), (2, 2), (2, 3), (3, 2)):
+        conv, bn, x = materialize(FoldScenario(transposed=True, c_in=c_in, c_out=c_out, dtype="float64", seed=5))
+        got, want = fold(conv, bn).weight, _torch_fold(conv, bn).weight
+        assert torch.allclose(got, want) == (c_in == 1 or c_out == 1), (c_in, c_out)
+
+
+@pytest.mark.parametrize("profile,seeds", [("quick", (0, 1, 2)), ("default", (1, 2))])
+def test_a_transposed_fold_wrong_only_with_several_channels_is_found_at_every_profile(plugins, profile, seeds):
+    """Transposed convs with C_in, C_out >= 2 and groups=1 are common draws (and a directed first example), so a
+    fold right only for depthwise or single-channel transposed convs is named at the quick and default profiles."""
+    for s in seeds:
+        r = check_fusion(plugins["zoo-fold-transposed-reshape-back"], profile=profile, seed=s)
+        assert _ids(r) == {"fold-transposed-axis"}, (profile, s, [(f["id"], f["example"]) for f in r["findings"]])
+        assert r["capabilities"]["ConvTranspose2d groups"].startswith("declined")
+
+
 # -- budget cross-check -----------------------------------------------------------------------------------------
 
 def test_torch_fold_stays_well_within_budget():

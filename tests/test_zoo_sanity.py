@@ -466,6 +466,20 @@ def test_stats_updated_in_eval_exposed():
     assert close(g.y, r.y)      # normalised with the statistics as they were before the call
 
 
+def test_stats_updated_before_eval_output_exposed():
+    cfg = Cfg(random_state=True, steps=(("eval", False),))
+    _, mod, (r,), (g,) = trace_pair(M.StatsUpdatedBeforeEvalOutput, cfg)
+    fresh = build_pair(ScratchBN, cfg)[1]
+    rm0, rv0 = fresh.running_mean.double(), fresh.running_var.double()
+    mean, _, unbiased = batch_stats64(r.x)
+    assert torch.equal(r.state["running_mean"].double(), rm0) and int(g.state["num_batches_tracked"]) == 1
+    assert close(g.state["running_mean"], 0.9 * rm0 + 0.1 * mean)
+    assert close(g.state["running_var"], 0.9 * rv0 + 0.1 * unbiased)
+    # the eval output is normalised with the statistics just updated, not those the call started from
+    assert close(g.y, normalized64(r.x, g.state["running_mean"], g.state["running_var"], 1e-5, mod.weight, mod.bias))
+    assert close(r.y, normalized64(r.x, rm0, rv0, 1e-5, mod.weight, mod.bias)) and far(g.y, r.y)
+
+
 def test_stats_not_updated_exposed():
     _, _, (r,), (g,) = one_train_step(M.StatsNotUpdated, Cfg())
     assert far(r.state["running_mean"], torch.zeros(3)) and far(r.state["running_var"], torch.ones(3))
@@ -674,6 +688,18 @@ def test_non_contiguous_crash_exposed():
     assert r.error is None and isinstance(g.error, RuntimeError) and "view" in str(g.error)
 
 
+def test_flatten_view_crash_exposed():
+    for shape in ((4, 3, 5, 6), (2, 3, 2, 3, 4)):
+        ref, mod = build_pair(M.FlattenViewCrash, Cfg(ndim=len(shape)))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        order = (0, 1) + tuple(range(len(shape) - 1, 1, -1))
+        permuted = x.permute(order).contiguous().permute(order)     # spatial axes stored last-to-first
+        assert torch.equal(permuted, x) and not permuted.is_contiguous()
+        assert close(ref(permuted), mod(x))
+        with pytest.raises(RuntimeError, match="view"):
+            mod(permuted)
+
+
 def test_rank_unsupported_exposed():
     _, _, (r,), (g,) = one_train_step(M.RankUnsupported, Cfg(ndim=5, spatial=2))
     assert r.error is None and isinstance(g.error, ValueError)
@@ -741,6 +767,10 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
     "rank-unsupported": [Cfg(ndim=2, batch=8), Cfg(ndim=3), Cfg(ndim=4)],
     "missing-error": [Cfg(), Cfg(ndim=2, batches=(1, 1), steps=(("eval", True), ("eval", False)))],
     "affine-false-crash": [Cfg(affine=True), Cfg(track=False)],
+    "flatten-view-crash": [Cfg(), Cfg(channels_last=True), Cfg(ndim=5, spatial=2, channels_last=True),
+                           Cfg(ndim=2, batch=8), Cfg(xdtype=torch.float16, channels_last=True),
+                           Cfg(momentum=None, batches=(0, 4))],
+    "stats-updated-before-eval-output": [Cfg(steps=TRAIN_ONLY), Cfg(track=False, steps=TRAIN_EVAL_NOGRAD)],
 }
 
 

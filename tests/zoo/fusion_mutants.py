@@ -12,6 +12,8 @@ import copy
 import torch
 from torch import nn
 
+import bncheck
+
 
 def _is_transposed(conv) -> bool:
     return isinstance(conv, nn.modules.conv._ConvTransposeNd)
@@ -206,6 +208,23 @@ class WeightsEpsOutside(WeightsFold):
         return gamma / (torch.sqrt(var) + eps)
 
 
+class TransposedReshapeBack(ScratchFold):
+    """Scales a transposed weight as ``W.transpose(0, 1)`` rows but restores it with ``reshape``, not a transpose.
+
+    ``reshape`` keeps the (C_out, C_in) element order, so the result is right only when C_in or C_out is 1: wrong
+    whenever both are at least 2. Grouped transposed convs are declined (``Unsupported``), as torch's fold does.
+    """
+    finding = "fold-transposed-axis"
+
+    def _scale_weight(self, w, s, transposed, groups):
+        if not transposed:
+            return super()._scale_weight(w, s, transposed, groups)
+        if groups > 1:
+            raise bncheck.Unsupported("grouped ConvTranspose")
+        rows = w.transpose(0, 1)                        # (C_out, C_in, *k)
+        return (rows * s.reshape([-1, 1] + [1] * (w.dim() - 2))).reshape(w.shape)
+
+
 CORRECT = {"scratch": ScratchFold, "weights": WeightsFold}
 MUTANTS = {
     "transposed-axis0": TransposedAxis0, "transposed-flat-rows": TransposedFlatRows, "eps-ignored": EpsIgnored,
@@ -213,4 +232,5 @@ MUTANTS = {
     "transposed-first-group-scale": TransposedFirstGroupScale, "mean-not-subtracted": MeanNotSubtracted,
     "bias-sign-flipped": BiasSignFlipped, "returns-sequential": ReturnsSequential,
     "scales-conv-in-place": ScalesConvInPlace, "keeps-float64": KeepsFloat64, "weights-eps-outside": WeightsEpsOutside,
+    "transposed-reshape-back": TransposedReshapeBack,
 }

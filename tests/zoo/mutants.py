@@ -421,6 +421,38 @@ class AffineFalseCrash(ScratchBN):
         return y * self.weight.to(y.dtype).reshape(shape) + self.bias.to(y.dtype).reshape(shape)
 
 
+class FlattenViewCrash(ScratchBN):
+    """Flattens the spatial axes with x.view(N, C, -1), which fails when they cannot be merged (permuted strides).
+
+    Contiguous, channels_last and last-axis-strided inputs all merge, so only a view whose spatial axes are stored
+    out of order (or a half input converted with its strides kept) shows it. The size is spelled out instead of -1
+    so that a zero-size batch, which -1 cannot resolve, still runs.
+    """
+    finding = "non-contiguous-crash"
+
+    def _batch_stats(self, x, xc):
+        flat = xc.view(xc.shape[0], xc.shape[1], math.prod(xc.shape[2:]))
+        mean = flat.mean((0, 2), keepdim=True)
+        var = (flat - mean).square().mean((0, 2), keepdim=True)
+        shape = bcast_shape(x)
+        return mean.reshape(shape), var.reshape(shape)
+
+
+class StatsUpdatedBeforeEvalOutput(ScratchBN):
+    """In eval mode the running statistics are first updated from the batch, then used to normalise it.
+
+    Two steps of one defect ("adapt to the test batch, then normalise"): the statistics change in eval, and the eval
+    output differs from torch's because it already uses the changed statistics.
+    """
+    finding = "stats-updated-in-eval"
+
+    def forward(self, x):
+        if not self.training and self.track_running_stats:
+            self._count_batch()
+            self._update_running(*self._batch_stats(x, x.to(self._compute_dtype(x))), values_per_channel(x))
+        return super().forward(x)
+
+
 MUTANTS: dict[str, type[ScratchBN]] = {
     "inverted-momentum": InvertedMomentum,
     "momentum-ignored": MomentumIgnored,
@@ -459,4 +491,6 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "rank3-reshape-scrambled": Rank3ReshapeScrambled,
     "missing-error": MissingError,
     "affine-false-crash": AffineFalseCrash,
+    "flatten-view-crash": FlattenViewCrash,
+    "stats-updated-before-eval-output": StatsUpdatedBeforeEvalOutput,
 }
