@@ -63,9 +63,15 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs, base: Knobs
     n = max(sc.shape[0], 4)
     spatial = tuple(max(s, 2) for s in sc.shape[2:])
     variants = [dict(shape=(n, sc.channels) + spatial), dict(shape=(2 * n + 1, sc.channels) + spatial)]
+    base_knobs = base or Knobs()
     if sc.momentum is None and knobs.momentum_override is not None:
         variants.append(dict(shape=variants[0]["shape"], momentum=0.3))   # "ignored" must also hold for a number
-    if knobs.mode_source != (base or Knobs()).mode_source:
+    elif sc.momentum is not None and (knobs.momentum_override is not None
+                                      or knobs.momentum_direction != base_knobs.momentum_direction):
+        # at one momentum, "inverted" (factor 1 - m) and "a fixed factor" coincide (m = 0.9 inverted is a fixed 0.1):
+        # either must also hold at another momentum
+        variants.append(dict(shape=variants[0]["shape"], momentum=0.3 if abs(sc.momentum - 0.3) > 1e-9 else 0.6))
+    if knobs.mode_source != base_knobs.mode_source:
         # grad on/off swapped: tells "follows is_grad_enabled()" from "ignores .train()/.eval()"
         variants.append(dict(shape=variants[0]["shape"], steps=tuple(Step(s.train, not s.grad) for s in sc.steps)))
     for i, kw in enumerate(variants):
