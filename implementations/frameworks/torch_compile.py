@@ -19,6 +19,10 @@ Honesty of the compiled path:
   ``fullgraph=True`` it raises, and without it the graph breaks and BatchNorm runs eagerly, so no compiled code
   would be checked.
 """
+from __future__ import annotations
+
+import functools
+
 import torch
 
 import bncheck
@@ -26,13 +30,29 @@ import bncheck
 RECOMPILE_LIMIT = 100_000
 
 
+@functools.lru_cache(maxsize=None)
+def _backend_missing(device_type: str) -> str | None:
+    """Why Inductor cannot generate code for this device here (None when it can)."""
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+        return None if has_triton() else "triton is not installed (Inductor's GPU backend): pip install triton"
+    from torch._inductor import cpp_builder
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:   # InvalidCxxCompiler, raised after trying every configured compiler
+        return f"no C++ compiler for Inductor's CPU backend ({type(e).__name__}; set CXX)"
+    return None
+
+
 @bncheck.implementation("torch-compile-bn")
 def build(spec: bncheck.Spec) -> torch.nn.Module:
     if spec.momentum is None:
         raise bncheck.Unsupported("torch.compile cannot capture momentum=None (1/num_batches_tracked is read "
                                   "with Tensor.item(), a graph break): it would run eagerly")
-    import torch._dynamo
-    cfg = torch._dynamo.config
+    missing = _backend_missing(torch.device(spec.device).type)
+    if missing:
+        raise bncheck.Unsupported(missing)
+    import torch._dynamo.config as cfg
     cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, RECOMPILE_LIMIT)
     cfg.fail_on_recompile_limit_hit = True
