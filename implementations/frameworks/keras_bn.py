@@ -21,6 +21,9 @@ Expected differences from torch (keras 3.15, ``keras/src/...``; each checked in 
 - ``missing-error``: Keras does not check the batch: one value per channel in training
   (``batch_normalization.py:363-364`` goes straight to ``_moments``) gives variance 0 where torch raises
   "Expected more than 1 value per channel when training".
+- ``nan-inf``: a zero-size batch in training: ``moments`` (``backend/torch/nn.py:974``) takes ``torch.mean``
+  over no elements, NaN, and ``batch_normalization.py:385-391`` assigns it to the moving statistics (and the
+  gamma gradient is NaN); torch returns the empty output and leaves its running statistics unchanged.
 Declined (no Keras equivalent): ``momentum=None`` (Keras has only an exponential moving average) and
 ``track_running_stats=False`` (Keras always keeps moving statistics and always normalises with them in
 inference, ``batch_normalization.py:392-394``).
@@ -72,7 +75,7 @@ STATE = {"weight": "bn.gamma.value", "bias": "bn.beta.value",
 
 @bncheck.implementation(
     "keras-bn", state=STATE,
-    expect={"biased-running-var", "cancellation", "dtype-promotion", "missing-error"})
+    expect={"biased-running-var", "cancellation", "dtype-promotion", "missing-error", "nan-inf"})
 def build(spec: bncheck.Spec) -> torch.nn.Module:
     keras = _keras()
     if spec.momentum is None:
