@@ -88,6 +88,11 @@ def _summary(impls: list[dict], strict: bool = False) -> str:
         declined = [f"{k}: {v[len('declined: '):]}" for k, v in (r.get("capabilities") or {}).items()
                     if str(v).startswith("declined") and r["verdict"] == "declined"]
         notes += [f"declined ({_esc(d)})" for d in declined]
+        if r["verdict"] != "declined":   # a property whose every case was declined checked nothing: say so
+            unchecked = [name for name, p in (r.get("properties") or {}).items()
+                         if p.get("cases", 0) and p.get("declined", 0) >= p["cases"]]
+            if unchecked:
+                notes.append("not checked (every case declined): " + ", ".join(unchecked))
         warned = sum(k.get("count", 0) for k in r.get("warnings") or [])
         if warned:
             notes.append(f"{warned} warning(s) ({len(r['warnings'])} kind(s))")

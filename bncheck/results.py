@@ -86,7 +86,8 @@ def summary(impl, kind: str, results: list, caps: dict, seconds: float, size: Ca
         "cases": sum(r.cases for r in results), "declined_cases": sum(r.declined for r in results),
         "findings": [best[k].to_dict() for k in sorted(best)],
         "worst_ratio_by_dtype": {k: (None if math.isinf(v) else v) for k, v in sorted(worst.items())},
-        "properties": {r.name: {"cases": r.cases, "findings": sorted({f.id for f in r.findings}),
+        "properties": {r.name: {"cases": r.cases, "declined": r.declined,
+                                "findings": sorted({f.id for f in r.findings}),
                                 "seconds": round(r.seconds, 2)} for r in results},
         "capabilities": caps, "seconds": round(seconds, 2), **extra,
     }

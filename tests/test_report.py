@@ -41,6 +41,8 @@ def _report():
               warnings=[_warning("UserWarning", "var(): degrees of freedom is <= 0 | " + "long " * 40, 412),
                         _warning("DeprecationWarning", "old API", 3, "modes")]),
         _impl("surprise", [_finding("eps-ignored", ratio=None)], expect={"biased-running-var"}),
+        _impl("eval-only", properties={"forward": {"cases": 30, "declined": 2},
+                                       "gradients": {"cases": 40, "declined": 40}}),
         _impl("fold-ref", kind="fusion", capabilities={}),
         _impl("sync-ref", kind="sync", capabilities={}, world_sizes=[2, 3]),
         _impl("sync-cuda-only", kind="sync", cases=40, declined_cases=40, world_sizes=[2, 3],
@@ -115,3 +117,11 @@ def test_warnings_counted_by_kind_in_markdown_and_json(tmp_path):
     kinds = next(r for r in json.loads(js.read_text())["implementations"] if r["name"] == "known-bugs")["warnings"]
     assert [(k["category"], k["count"], k["property"]) for k in kinds] == [("UserWarning", 412, "forward"),
                                                                          ("DeprecationWarning", 3, "modes")]
+
+
+def test_a_property_whose_every_case_was_declined_is_named_not_checked():
+    md = report.render_markdown(_report())
+    row = next(line for line in md.splitlines() if line.startswith("| eval-only"))
+    assert "not checked (every case declined): gradients" in row
+    assert "forward" not in row.split("not checked")[1]
+    assert "not checked" not in next(line for line in md.splitlines() if line.startswith("| clean-one"))
