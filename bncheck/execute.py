@@ -152,7 +152,21 @@ def build(impl: Implementation, sc: Scenario):
     return module, trace
 
 
+# Called after every run (search, diagnosis and probes alike): the runner's worker sets it to tell its parent that
+# the check is advancing, so a slow implementation (e.g. one that compiles each new configuration) is not taken for
+# a hung one. None outside a worker.
+on_run = None
+
+
 def run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
+    try:
+        return _run(impl, sc, data)
+    finally:
+        if on_run is not None:
+            on_run()
+
+
+def _run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
     module, trace = build(impl, sc)
     if module is None:
         return trace

@@ -17,7 +17,7 @@ import traceback
 from .registry import Implementation, Registry
 from .results import WarningLog
 
-PROPERTY_TIMEOUT_S = 240.0      # no progress for this long: the implementation is hung
+PROPERTY_TIMEOUT_S = 240.0      # no progress (no run of a scenario finished) for this long: the implementation is hung
 
 # What checks each plugin kind: module and function, called as check(impl, on_property=..., **options); options a
 # check does not take are left out (e.g. ``world_sizes`` only reaches the distributed check).
@@ -44,10 +44,19 @@ def _worker(source: str, name: str, options: dict, q):
     def on_property(prop, result):
         log.property = prop
         q.put(("progress", prop))
+    beat = [time.monotonic()]
+
+    def on_run():                 # every finished run is progress (sent at most once a second)
+        now = time.monotonic()
+        if now - beat[0] >= 1.0:
+            beat[0] = now
+            q.put(("alive", None))
     try:
         with log.capture():
             import torch
             torch.set_num_threads(1)
+            from . import execute
+            execute.on_run = on_run
             reg = Registry()
             reg.load_source(source)
             if name not in reg.implementations:
@@ -135,6 +144,9 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
                         last, current = time.monotonic(), payload
                         running[name] = (impl, p, q, last, current)
                         progress.show(name, payload)
+                    elif kind == "alive":
+                        last = time.monotonic()
+                        running[name] = (impl, p, q, last, current)
                     elif kind == "partial":
                         partials[name] = payload
                     elif kind == "warnings":

@@ -1,4 +1,6 @@
 """The runner survives plugins that crash, hang, kill their process or fail to import; the run completes."""
+import os
+import time
 from pathlib import Path
 
 from bncheck import runner
@@ -51,3 +53,15 @@ def test_warnings_are_counted_per_implementation_and_not_printed(tmp_path, capfd
     assert kind["where"].endswith("warns.py:19") and kind["property"] == "forward"
     assert kind["count"] == calls.stat().st_size > 0        # one per forward call, repeats included
     assert "deprecated" not in err and "UserWarning" not in err
+
+
+def test_a_slow_but_advancing_implementation_is_not_taken_for_a_hung_one():
+    """Progress is every finished run, not every finished property: a property of many 1 s runs outlasts the
+    no-progress limit (4 s) without being killed."""
+    reg = discover(plugin_dirs=[Path(__file__).parent / "plugins_slow"], entry_points=False)
+    t0 = time.monotonic()
+    (r,) = runner.run_all([reg.implementations["slow-bn2d"]], jobs=1, timeout_s=4, profile="quick", seed=0,
+                          properties=["forward"], progress=runner.Progress(1, stream=open(os.devnull, "w")))
+    assert [f["id"] for f in r["findings"]] == [], r["findings"]
+    assert time.monotonic() - t0 > 2 * 4, "the property must outlast the no-progress limit for this test to mean it"
+    assert r["properties"]["forward"]["cases"] > 0
