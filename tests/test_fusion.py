@@ -26,7 +26,7 @@ from zoo.fusion_mutants import CORRECT, MUTANTS     # noqa: E402
 ZOO = ROOT / "tests" / "zoo" / "fusion_plugins.py"
 KEYS = {"name", "kind", "origin", "expect", "cases", "declined_cases", "findings", "worst_ratio_by_dtype",
         "properties", "capabilities", "seconds"}
-FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro"}
+FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro", "source"}
 
 
 @pytest.fixture(scope="module")
@@ -275,5 +275,5 @@ def test_property_heartbeats_and_json_shape(plugins):
     assert [list(p["properties"]) for p in partial] == [["fold-output"], ["fold-output", "fold-module"]]
     assert set(partial[0]) == KEYS and partial[0]["kind"] == "fusion"
     assert set(r["properties"]) == {"fold-output", "fold-module"}
-    assert all(set(v) == {"cases", "findings", "seconds"} for v in r["properties"].values())
+    assert all(set(v) == {"cases", "declined", "findings", "seconds"} for v in r["properties"].values())
     assert isinstance(r["seconds"], float) and not math.isnan(r["seconds"])

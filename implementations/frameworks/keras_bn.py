@@ -83,6 +83,12 @@ def build(spec: bncheck.Spec) -> torch.nn.Module:
     if not spec.track_running_stats:
         raise bncheck.Unsupported("Keras BatchNormalization always keeps moving statistics and uses them in "
                                   "inference (no track_running_stats=False)")
+    if spec.dtype == torch.float64:
+        # measured with keras 3.15 (torch backend): a float64 layer (variables float64) given float64 input returns
+        # float64 values rounded to float32 (e.g. +-0.973633348941803 = float32(0.97363335) for a 2-sample batch
+        # whose exact output is +-0.97292098), so its numbers carry float32 error and no float64 budget can judge them
+        raise bncheck.Unsupported("Keras computes a float64 input in float32 precision (the output is float32 "
+                                  "values in a float64 tensor): no float64 implementation to check")
     dtype = str(spec.dtype).removeprefix("torch.")
     with keras.device(spec.device):
         layer = keras.layers.BatchNormalization(axis=1, momentum=1.0 - spec.momentum, epsilon=spec.eps,
