@@ -147,10 +147,8 @@ def copy_bandwidth(device, timer, nbytes: int | None = None) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def _device_name(device) -> str:
-    import torch
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -159,6 +157,13 @@ def _device_name(device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _device_name(device) -> str:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
 
 
 def _native(spec):

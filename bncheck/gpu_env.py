@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 
+from .bench import cpu_name
+
 
 def _driver_from_proc() -> dict:
     try:
@@ -63,7 +65,7 @@ def collect_environment(device: str) -> dict:
     env = dict(device_type=device, bncheck=__version__, python=platform.python_version(), torch=torch.__version__,
                torch_cuda=torch.version.cuda, triton=_dist_version("triton", "pytorch-triton"),
                cuda_available=torch.cuda.is_available(), triton_interpret=os.environ.get("TRITON_INTERPRET"),
-               cpu=_cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform())
+               cpu=cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform())
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=torch.cuda.get_device_name(0), sms=props.multi_processor_count,
@@ -81,17 +83,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 __all__ = ["collect_environment"]
