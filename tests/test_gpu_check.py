@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from bncheck import bench as B  # noqa: E402
 from bncheck import gpu_env  # noqa: E402
 from bncheck import gpu_report as G  # noqa: E402
+from test_bench import Scale  # noqa: E402  (the trivial per-channel module the bench tests time)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
@@ -147,13 +148,6 @@ def test_nvidia_smi_output_is_read(tmp_path, monkeypatch):
     assert "could not communicate" in out["nvidia_smi"] and "gpu" not in out
 
 
-class Scale(torch.nn.Module):
-    def __init__(self, spec):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(spec.num_features, device=spec.device, dtype=spec.dtype))
-
-    def forward(self, x):
-        return x * self.weight.reshape([1, -1] + [1] * (x.dim() - 2)).to(x.dtype)
 
 
 def test_report_from_a_real_bench_and_a_run_report(tmp_path):

@@ -94,7 +94,7 @@ from bncheck.registry import Implementation  # noqa: E402
 from bncheck.scenario import Scenario, Step  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo.reference import ScratchBN, bcast_shape, values_per_channel  # noqa: E402
+from zoo.reference import ScratchBN, bcast_shape, values_per_channel, welford  # noqa: E402
 
 
 def tree_sum(t: torch.Tensor) -> torch.Tensor:
@@ -131,32 +131,9 @@ def stats_float64(flat):
     return mean.to(flat.dtype), var.to(flat.dtype)
 
 
-def stats_welford(flat, lane_steps: int = 16):
-    """Welford's update over lanes of at most ``lane_steps`` values each, lanes merged pairwise (Chan et al.)."""
-    c, n = flat.shape
-    if n == 0:
-        return flat.sum(1) / 0.0, flat.sum(1) / 0.0
-    lanes = -(-n // lane_steps)
-    pad = torch.cat([flat, flat.new_zeros(c, lanes * lane_steps - n)], 1).reshape(c, lanes, lane_steps)
-    valid = (torch.arange(lanes * lane_steps).reshape(lanes, lane_steps) < n).to(flat.dtype)
-    count, mean, m2 = flat.new_zeros(lanes), flat.new_zeros(c, lanes), flat.new_zeros(c, lanes)
-    for j in range(lane_steps):
-        v = valid[:, j]
-        count = count + v
-        delta = pad[:, :, j] - mean
-        mean = mean + delta * (v / count.clamp(min=1))
-        m2 = m2 + delta * (pad[:, :, j] - mean) * v
-    while mean.shape[1] > 1:
-        if mean.shape[1] % 2:
-            mean, m2 = (torch.cat([t, t.new_zeros(c, 1)], 1) for t in (mean, m2))
-            count = torch.cat([count, count.new_zeros(1)])
-        na, nb = count[0::2], count[1::2]
-        total = na + nb
-        delta = mean[:, 1::2] - mean[:, 0::2]
-        mean = mean[:, 0::2] + delta * (nb / total.clamp(min=1))
-        m2 = m2[:, 0::2] + m2[:, 1::2] + delta.square() * (na * nb / total.clamp(min=1))
-        count = total
-    return mean[:, 0], m2[:, 0] / n
+def stats_welford(flat):
+    """Welford's update over lanes of at most 16 values each, lanes merged pairwise (the zoo's ``welford``)."""
+    return welford(flat, max_steps=16)
 
 
 class StatsBN(ScratchBN):
