@@ -130,20 +130,20 @@ def cmd_run(args) -> int:
                              properties=args.property or None,
                              world_sizes=tuple(sorted(set(args.world_size))) or WORLD_SIZES)
     timings = _run_bench(args, reg, impls) if args.bench else None
-    rep = report.build(_environment(args), results, [vars(e) for e in reg.errors], timings, strict=args.strict)
+    rep = report.build(_environment(args), results, reg.errors, timings, strict=args.strict)
     md, js = report.write(rep, args.out)
-    for r in rep["implementations"]:
-        line = f"{r['name']:<28} {r['verdict']:<12} {len(r['findings'])} finding(s)"
-        if r["unexpected"]:
-            line += f"  unexpected: {', '.join(r['unexpected'])}"
-        if r["missing"]:
+    for r in rep.implementations:
+        line = f"{r.name:<28} {r.verdict:<12} {len(r.findings)} finding(s)"
+        if r.unexpected:
+            line += f"  unexpected: {', '.join(r.unexpected)}"
+        if r.missing:
             line += ("  expected but not found: " if args.strict else "  warning: expected but not reproduced: ") \
-                + ", ".join(r["missing"])
-        if r["confirmed_by_probe"]:
-            line += f"  confirmed by probe: {', '.join(r['confirmed_by_probe'])}"
+                + ", ".join(r.missing)
+        if r.confirmed_by_probe:
+            line += f"  confirmed by probe: {', '.join(r.confirmed_by_probe)}"
         print(line)
     print(f"wrote {md} and {js}")
-    return rep["exit_status"]
+    return rep.exit_status
 
 
 def _bench_shapes(spec: str) -> None:
@@ -154,15 +154,16 @@ def _bench_shapes(spec: str) -> None:
         raise UsageError(f"--bench {spec}: {e}") from None
 
 
-def _run_bench(args, reg, impls) -> dict:
+def _run_bench(args, reg, impls):
     from . import bench
+    from .results import Timings
     names = args.bench_impl or [i.name for i in impls if i.kind == "batchnorm"]
     try:
         result = bench.run_named(reg, names, args.device, args.bench)
     except ValueError as e:
         raise UsageError(str(e)) from None
     md = bench.render_markdown(result).split("\n", 1)[1].lstrip()   # the report has its own heading
-    return {"markdown": md, "result": result}
+    return Timings.from_bench(result, md)
 
 
 def cmd_list(args) -> int:
@@ -179,22 +180,25 @@ def cmd_repro(args) -> int:
     path = Path(args.report)
     if not path.is_file():
         raise UsageError(f"--report {path}: no such file (run `bncheck run` first)")
-    rep = json.loads(path.read_text())
+    from .results import RunReport
+    try:
+        rep = RunReport.from_json(json.loads(path.read_text()))
+    except ValueError as e:        # JSON syntax errors are ValueErrors too
+        raise UsageError(f"--report {path}: {e}") from None
     impl, _, fid = args.finding.rpartition(":")
-    matches = [(r["name"], f) for r in rep["implementations"] for f in r["findings"]
-               if f["id"] == fid and (not impl or r["name"] == impl)]
+    matches = [(r.name, f) for r in rep.implementations for f in r.findings
+               if f.id == fid and (not impl or r.name == impl)]
     if not matches:
         raise UsageError(f"finding {args.finding!r}: not in {path}")
     if len(matches) > 1:
-        raise UsageError(f"finding {args.finding!r} is ambiguous: " +
-                         ", ".join(f"{n}:{f['id']}" for n, f in matches))
+        raise UsageError(f"finding {args.finding!r} is ambiguous: " + ", ".join(f"{n}:{f.id}" for n, f in matches))
     name, f = matches[0]
-    if not f.get("repro"):
-        raise UsageError(f"finding {args.finding!r} has no reproducer (a worker-level {f['id']})")
-    print(f["repro"])
+    if not f.repro:
+        raise UsageError(f"finding {args.finding!r} has no reproducer (a worker-level {f.id})")
+    print(f.repro)
     if args.run:
         import subprocess
-        return subprocess.call([sys.executable, "-c", f["repro"]])
+        return subprocess.call([sys.executable, "-c", f.repro])
     return 0
 
 

@@ -29,7 +29,7 @@ from .catalog import knob_hypotheses
 from .ranks import Declined, RankFailure, RankPool
 from .registry import Implementation
 from .repro import load_plugin
-from .results import Finding, Named, PropertyFailure, PropertyResult, summary
+from .results import Finding, Named, PropertyFailure, PropertyResult, Result, summary
 from .sync_reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard
 
 PROFILES = {
@@ -178,6 +178,7 @@ class _Check:
                         raise _Abort(e, sc)
                     if e.kind in m.ignore:
                         return
+                    res.ratios.add(math.inf)
                     last["case"] = (sc, data, None, e)
                     raise _failure(e.kind)(e.message)
                 res.cases += 1
@@ -185,6 +186,7 @@ class _Check:
                 cmp = compare(sc, data, observed, m.base)
                 label = sc.dtype
                 res.worst[label] = max(res.worst.get(label, 0.0), cmp.worst(owned))
+                res.ratios.add(cmp.worst(owned))
                 keys = sorted({d.field for d in cmp.failing(owned)})
                 if keys:
                     last["case"] = (sc, data, observed, cmp)
@@ -293,8 +295,8 @@ def diagnose(chk: _Check, sc: SyncScenario, data, observed, cmp, owned) -> list[
 
 def check_sync(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
                world_sizes=(2, 3, 4), on_property=None, on_partial=None,
-               scenario_timeout_s: float = SCENARIO_TIMEOUT_S, pool: RankPool | None = None) -> dict:
-    """Check a sync plugin on real process groups of each world size; a JSON-ready result for the report.
+               scenario_timeout_s: float = SCENARIO_TIMEOUT_S, pool: RankPool | None = None) -> Result:
+    """Check a sync plugin on real process groups of each world size; its ``Result`` for the report.
 
     ``on_property(name, None)`` is called as each property starts and every few seconds while it runs (the
     runner's heartbeat); ``on_partial(result)`` gets the result so far after each property and world size.
@@ -343,7 +345,7 @@ def check_sync(impl: Implementation, *, profile: str = "default", seed: int = 0,
     return summarize(impl, chk, sizes, time.monotonic() - t0)
 
 
-def summarize(impl: Implementation, chk: _Check, sizes: list, seconds: float) -> dict:
+def summarize(impl: Implementation, chk: _Check, sizes: list, seconds: float) -> Result:
     results = list(chk.results.values())
     caps = {}
     for ws in sizes:

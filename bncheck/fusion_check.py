@@ -31,7 +31,7 @@ from .fold import FOLD_REFERENCE, FoldKnobs
 from .fusion_cases import DIRECTED, FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
 from .registry import Implementation
 from .repro import load_plugin
-from .results import Finding, PropertyFailure, PropertyResult, accepts, summary
+from .results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
 
 PROFILES = {
     "quick": dict(max_examples=40, rounds=6),
@@ -277,6 +277,8 @@ def search_property(impl: Implementation, prop: FusionProperty, *, profile: str 
                 res.declined += 1
                 return
             owned = _owned(out, prop, assumed)
+            if owned or (prop.check_output and out.ratio is not None):
+                res.ratios.add(max((p.ratio for p in owned), default=0.0) if owned else out.ratio)
             if prop.check_output and out.ratio is not None and not owned:
                 res.worst[sc.dtype] = max(res.worst.get(sc.dtype, 0.0), out.ratio)
             if prop.targeted and out.ratio is not None and math.isfinite(out.ratio):
@@ -344,7 +346,7 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
 
 
 def check_fusion(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
-                 on_property=None, on_partial=None) -> dict:
+                 on_property=None, on_partial=None) -> Result:
     """Search both fusion properties; returns a plain (JSON-ready) result, shaped like ``search.summarize``.
 
     ``on_property(name, None)`` when a property starts (the runner's heartbeat) and ``(name, PropertyResult)`` when
@@ -377,7 +379,7 @@ def _size(f: Finding) -> tuple:
             sc.c_in * sc.c_out * math.prod(sc.kernel))
 
 
-def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> dict:
+def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> Result:
     return summary(impl, "fusion", results, caps, seconds, size=_size)
 
 

@@ -14,8 +14,10 @@ import sys
 import time
 import traceback
 
+from dataclasses import replace
+
 from .registry import Implementation, Registry
-from .results import WarningLog
+from .results import FindingResult, Result, WarningLog
 
 PROPERTY_TIMEOUT_S = 240.0      # no progress (no run of a scenario finished) for this long: the implementation is hung
 
@@ -64,32 +66,27 @@ def _worker(source: str, name: str, options: dict, q):
                 return
             impl = reg.implementations[name]
             check = _check_function(impl.kind)
-            options = dict(options, on_partial=lambda partial: q.put(("partial", dict(partial,
-                                                                                      warnings=log.summary()))))
+            options = dict(options, on_partial=lambda partial: q.put(("partial", replace(partial,
+                                                                                         warnings=log.summary()))))
             result = check(impl, on_property=on_property, **_accepted(check, options))
-        result.setdefault("kind", impl.kind)
-        result["warnings"] = log.summary()
-        q.put(("result", result))
+        q.put(("result", replace(result, kind=impl.kind, warnings=log.summary())))
     except BaseException as e:   # reported as a crash finding by the parent
         q.put(("warnings", log.summary()))
         q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
 
 
-def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: dict | None = None,
-            warned: list | None = None) -> dict:
+def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: Result | None = None,
+            warned: list | None = None) -> Result:
     """A crash/timeout finding; the properties finished before it (``partial``) and the warnings counted until
     then (``warned``, when the worker could still send them) are kept."""
-    finding = {"id": fid, "property": prop, "where": "worker", "evidence": [evidence], "error_ratio": None,
-               "example": "", "scenario": "", "repro": ""}
+    finding = FindingResult(id=fid, property=prop, where="worker", evidence=[evidence])
     if partial is not None:
-        out = dict(partial, kind=impl.kind)
-        out["findings"] = [f for f in partial["findings"] if f["id"] != fid] + [finding]
+        out = replace(partial, kind=impl.kind, findings=[f for f in partial.findings if f.id != fid] + [finding])
         if warned is not None:
-            out["warnings"] = warned
+            out.warnings = warned
         return out
-    return {"name": impl.name, "kind": impl.kind, "origin": impl.origin, "expect": sorted(impl.expect), "cases": 0,
-            "declined_cases": 0, "worst_ratio_by_dtype": {}, "properties": {}, "capabilities": {},
-            "seconds": 0.0, "findings": [finding], "warnings": warned or []}
+    return Result(name=impl.name, kind=impl.kind, origin=impl.origin, expect=sorted(impl.expect),
+                  findings=[finding], warnings=list(warned or []))
 
 
 class Progress:
@@ -118,12 +115,12 @@ class Progress:
 
 
 def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PROPERTY_TIMEOUT_S,
-            progress: Progress | None = None, **options) -> list[dict]:
+            progress: Progress | None = None, **options) -> list[Result]:
     ctx = mp.get_context("spawn")
     pending = list(impls)
     running: dict[str, tuple] = {}
-    results: dict[str, dict] = {}
-    partials: dict[str, dict | None] = {}
+    results: dict[str, Result] = {}
+    partials: dict[str, Result | None] = {}
     warned: dict[str, list | None] = {}
     progress = progress or Progress(len(impls))
     while pending or running:
@@ -170,5 +167,5 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
                 p.join(timeout=5)
                 results[name] = done
                 del running[name]
-                progress.finish(name, f"{len(done['findings'])} finding(s)")
+                progress.finish(name, f"{len(done.findings)} finding(s)")
     return [results[i.name] for i in impls]

@@ -21,7 +21,7 @@ from .oracle import TORCH, Knobs
 from .properties import PROPERTIES, Property
 from .registry import Implementation
 from .repro import script
-from .results import Finding, PropertyFailure, PropertyResult, accepts, summary
+from .results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
 from .scenario import Scenario, materialize
 from .spec import Spec
 
@@ -88,6 +88,8 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
                 reject()
             ratio = max((cmp.ratios.get(f, 0.0) for f in prop.values), default=0.0)
             label = dtype_label(sc)
+            structural = any(d.structural and prop.owns(d) for d in cmp.discrepancies)
+            res.ratios.add(math.inf if structural else ratio)
             if not any(d.structural for d in cmp.discrepancies):
                 res.worst[label] = max(res.worst.get(label, 0.0), ratio)
             if prop.targeted and math.isfinite(ratio):
@@ -161,8 +163,8 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
 
 
 def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
-                         properties=None, on_property=None, on_partial=None) -> dict:
-    """Search every property; returns a plain (JSON-ready) result for the report.
+                         properties=None, on_property=None, on_partial=None) -> Result:
+    """Search every property; returns the plugin's ``Result`` for the report.
 
     ``on_partial(result)`` receives the result so far after each property (what survives a later hang)."""
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
@@ -190,6 +192,6 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     return summarize(impl, results, capabilities(impl, device), time.monotonic() - t0)
 
 
-def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> dict:
+def summarize(impl: Implementation, results: list, caps: dict, seconds: float) -> Result:
     return summary(impl, "batchnorm", results, caps, seconds,
                    size=lambda f: (len(f.scenario.steps), math.prod(f.scenario.shape)))

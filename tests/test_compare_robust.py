@@ -241,13 +241,13 @@ def test_statistics_broadcast_wrongly_on_rank_3_are_findings_and_later_propertie
     impl = reg.implementations["odd-rank3-broadcast"]
     (r,) = runner.run_all([impl], jobs=1, timeout_s=120, profile="quick", seed=0,
                           properties=["forward", "dtypes-layouts"])
-    assert not [f for f in r["findings"] if f["where"] == "worker"], r["findings"]
-    assert set(r["properties"]) == {"forward", "dtypes-layouts"}
-    assert all(p["cases"] > 0 for p in r["properties"].values())
-    forward = [f for f in r["findings"] if f["property"] == "forward"]
-    assert forward and any("shape" in " ".join(f["evidence"]) for f in forward), forward
+    assert not [f for f in r.findings if f.where == "worker"], r.findings
+    assert set(r.properties) == {"forward", "dtypes-layouts"}
+    assert all(p.cases > 0 for p in r.properties.values())
+    forward = [f for f in r.findings if f.property == "forward"]
+    assert forward and any("shape" in " ".join(f.evidence) for f in forward), forward
     # float32 weights applied to a float16 input: found by the later property
-    assert "dtype-promotion" in r["properties"]["dtypes-layouts"]["findings"]
+    assert "dtype-promotion" in r.properties["dtypes-layouts"].findings
 
 
 # -- the other comparison paths: folded convolutions and synchronised BatchNorm --------------------------------

@@ -151,18 +151,18 @@ def test_bncheck_syncbn_matches_single_process_batchnorm_on_uneven_shards(reg, p
 def test_bncheck_syncbn_is_clean_on_world_sizes_2_3_4(reg, tag):
     r = check_sync(reg.implementations["bncheck-syncbn"], profile="default", seed=0, world_sizes=(2, 3, 4))
     assert no_leftovers(tag) == []
-    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
-    assert r["kind"] == "sync" and r["world_sizes"] == [2, 3, 4] and r["declined_cases"] == 0
-    assert r["capabilities"] == {"world size 2": "yes", "world size 3": "yes", "world size 4": "yes"}
-    assert all(p["cases"] >= 3 * 20 for p in r["properties"].values()), r["properties"]
-    assert set(r["worst_ratio_by_dtype"]) == {"float32", "float64"}
-    assert all(0 < v < 1 for v in r["worst_ratio_by_dtype"].values())
+    assert r.findings == [], [(f.id, f.evidence) for f in r.findings]
+    assert r.kind == "sync" and r.world_sizes == [2, 3, 4] and r.declined_cases == 0
+    assert r.capabilities == {"world size 2": "yes", "world size 3": "yes", "world size 4": "yes"}
+    assert all(p.cases >= 3 * 20 for p in r.properties.values()), r.properties
+    assert set(r.worst_ratio_by_dtype) == {"float32", "float64"}
+    assert all(0 < v < 1 for v in r.worst_ratio_by_dtype.values())
 
 
 def test_torch_syncbn_declines_on_cpu_with_its_reason(reg, pool):
     r = check_sync(reg.implementations["torch-syncbn"], profile="quick", world_sizes=(2,), pool=pool)
-    assert r["findings"] == [] and r["declined_cases"] > 0 and r["cases"] == r["declined_cases"]
-    assert r["capabilities"] == {"cpu": "declined: torch.nn.SyncBatchNorm needs CUDA tensors; this run is on cpu"}
+    assert r.findings == [] and r.declined_cases > 0 and r.cases == r.declined_cases
+    assert r.capabilities == {"cpu": "declined: torch.nn.SyncBatchNorm needs CUDA tensors; this run is on cpu"}
 
 
 # -- mutants ------------------------------------------------------------------------------------------------------
@@ -170,14 +170,14 @@ def test_torch_syncbn_declines_on_cpu_with_its_reason(reg, pool):
 @pytest.mark.parametrize("name", sorted(ZOO_SYNC_MUTANTS))
 def test_every_sync_mutant_is_caught_and_named(reg, pool, name):
     r = check_sync(reg.implementations[name], profile="quick", seed=0, world_sizes=(2, 3), pool=pool)
-    assert [f["id"] for f in r["findings"]] == [ZOO_SYNC_MUTANTS[name]], \
-        [(f["id"], f["evidence"]) for f in r["findings"]]
-    f = r["findings"][0]
-    assert f["error_ratio"] is None or f["error_ratio"] > 1
-    assert "world size " in f["example"] and "shards" in f["example"] and "SyncScenario(" in f["scenario"]
-    if f["id"] != "sync-mismatch":
-        assert "matches the sync reference with" in f["evidence"][1] and "confirmed" in f["evidence"][1]
-    assert r["capabilities"] == {"world size 2": "yes", "world size 3": "yes"}
+    assert [f.id for f in r.findings] == [ZOO_SYNC_MUTANTS[name]], \
+        [(f.id, f.evidence) for f in r.findings]
+    f = r.findings[0]
+    assert f.error_ratio is None or f.error_ratio > 1
+    assert "world size " in f.example and "shards" in f.example and "SyncScenario(" in f.scenario
+    if f.id != "sync-mismatch":
+        assert "matches the sync reference with" in f.evidence[1] and "confirmed" in f.evidence[1]
+    assert r.capabilities == {"world size 2": "yes", "world size 3": "yes"}
 
 
 def test_the_zoo_covers_every_sync_id():
@@ -192,25 +192,25 @@ def test_every_sync_mutant_is_named_on_every_world_size_with_the_default_profile
     out = runner.run_all(impls, jobs=2, profile="default", seed=seed, world_sizes=(2, 3, 4))
     expect = dict(ZOO_SYNC_MUTANTS, **{"bad-sync-two-bugs": "sync-local-count,sync-mean-of-variances"})
     for r in out:
-        assert ",".join(f["id"] for f in r["findings"]) == expect[r["name"]], (r["name"], r["findings"])
+        assert ",".join(f.id for f in r.findings) == expect[r.name], (r.name, r.findings)
 
 
 def test_two_bugs_in_one_plugin_are_both_named(reg, pool):
     r = check_sync(reg.implementations["bad-sync-two-bugs"], profile="quick", world_sizes=(2,), pool=pool)
-    assert [f["id"] for f in r["findings"]] == ["sync-local-count", "sync-mean-of-variances"], r["findings"]
+    assert [f.id for f in r.findings] == ["sync-local-count", "sync-mean-of-variances"], r.findings
 
 
 def test_a_reproducer_reruns_the_finding_on_real_ranks_and_passes_on_a_correct_plugin(reg, pool, tmp_path):
     r = check_sync(reg.implementations["zoo-sync-local-count"], profile="quick", world_sizes=(2,), pool=pool)
-    (f,) = r["findings"]
-    assert "gloo" in f["repro"] and "RankPool" in f["repro"]
+    (f,) = r.findings
+    assert "gloo" in f.repro and "RankPool" in f.repro
     path = tmp_path / "repro.py"                 # as a file: spawned ranks re-import it (the __main__ guard)
-    path.write_text(f["repro"])
+    path.write_text(f.repro)
     p = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "running_var on rank" in p.stdout and "max |diff|" in p.stdout and "rank 1 (shard of" in p.stdout
     good = reg.implementations["bncheck-syncbn"]      # the same scenario on a correct plugin, as `bncheck repro` runs it
-    code = script(good.name, good.source, f["id"], f["where"], eval(f["scenario"], {"SyncScenario": SyncScenario}))
+    code = script(good.name, good.source, f.id, f.where, eval(f.scenario, {"SyncScenario": SyncScenario}))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "step 1 (train)" in p.stdout
@@ -229,10 +229,10 @@ def test_a_failing_rank_is_a_named_finding_in_bounded_time_and_leaves_no_process
     t0 = time.monotonic()
     r = check_sync(reg.implementations[name], profile="quick", world_sizes=(2,), scenario_timeout_s=4)
     assert time.monotonic() - t0 < 60
-    assert [f["id"] for f in r["findings"]] == [fid], r["findings"]
-    f = r["findings"][0]
-    assert f["where"] == f"rank {rank}" and text in f["evidence"][0], f
-    assert f["error_ratio"] is None and "world size 2" in f["example"]
+    assert [f.id for f in r.findings] == [fid], r.findings
+    f = r.findings[0]
+    assert f.where == f"rank {rank}" and text in f.evidence[0], f
+    assert f.error_ratio is None and "world size 2" in f.example
     assert no_leftovers(tag) == []
 
 
@@ -241,7 +241,7 @@ def test_ranks_exit_when_the_runner_kills_a_hung_check(reg, tag):
     impl = reg.implementations["bad-sync-hangs"]       # hangs for longer than the runner's limit below
     t0 = time.monotonic()
     (r,) = runner.run_all([impl], jobs=1, timeout_s=8, profile="quick", world_sizes=(2,))
-    assert [f["id"] for f in r["findings"]] == ["timeout"] and "worker killed" in r["findings"][0]["evidence"][0]
+    assert [f.id for f in r.findings] == ["timeout"] and "worker killed" in r.findings[0].evidence[0]
     assert time.monotonic() - t0 < 60
     assert no_leftovers(tag) == []
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from bncheck.results import RunReport
+
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ROOT / "implementations" / "frameworks"
 EXPECT = {"flax-linen-bn": {"biased-running-var", "missing-error", "nan-inf"},
@@ -23,25 +25,25 @@ EXPECT = {"flax-linen-bn": {"biased-running-var", "missing-error", "nan-inf"},
 def _run(tmp_path, *args, profile="quick"):
     r = subprocess.run([sys.executable, "-m", "bncheck", "run", "--profile", profile, "--seed", "0", "--out",
                         str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    rep = json.loads((tmp_path / "latest.json").read_text())
-    return r, {i["name"]: i for i in rep["implementations"]}
+    rep = RunReport.from_json(json.loads((tmp_path / "latest.json").read_text()))
+    return r, {i.name: i for i in rep.implementations}
 
 
 def _assert_as_expected(r, impls, names):
     assert r.returncode == 0, r.stdout + r.stderr
     for name in names:
         impl = impls[name]
-        assert impl["origin"].endswith(f"frameworks/{'flax_bn.py' if 'flax' in name else 'onnxruntime_bn.py'}")
-        assert {f["id"] for f in impl["findings"]} == EXPECT[name], impl["findings"]
-        assert impl["verdict"] == ("as expected" if EXPECT[name] else "clean")
-        assert impl["cases"] - impl["declined_cases"] > 30, impl     # checked on real cases, not only declined
+        assert impl.origin.endswith(f"frameworks/{'flax_bn.py' if 'flax' in name else 'onnxruntime_bn.py'}")
+        assert {f.id for f in impl.findings} == EXPECT[name], impl.findings
+        assert impl.verdict == ("as expected" if EXPECT[name] else "clean")
+        assert impl.cases - impl.declined_cases > 30, impl     # checked on real cases, not only declined
 
 
 def test_ort_fusion_quick_clean(tmp_path):
     pytest.importorskip("onnxruntime", reason="the frameworks extra is not installed")
     r, impls = _run(tmp_path, "--impl", "ort-conv-bn-fusion")
     _assert_as_expected(r, impls, ["ort-conv-bn-fusion"])
-    caps = impls["ort-conv-bn-fusion"]["capabilities"]
+    caps = impls["ort-conv-bn-fusion"].capabilities
     assert caps["ConvTranspose2d"] == caps["ConvTranspose2d groups"] == "yes"
     assert caps["float64"].startswith("declined: ONNX's epsilon attribute is float32")
 
@@ -52,10 +54,10 @@ def test_ort_batchnorm_default_as_expected(tmp_path):
     pytest.importorskip("onnxruntime", reason="the frameworks extra is not installed")
     r, impls = _run(tmp_path, "--impl", "ort-batchnorm", profile="default")
     _assert_as_expected(r, impls, ["ort-batchnorm"])
-    props = impls["ort-batchnorm"]["properties"]
+    props = impls["ort-batchnorm"].properties
     # training steps run ORT's training_mode=1 kernel: the forward and running-stats searches see real cases
-    assert props["forward"]["findings"] == ["missing-error"]
-    assert props["running-stats"]["findings"] == ["biased-running-var"]
+    assert props["forward"].findings == ["missing-error"]
+    assert props["running-stats"].findings == ["biased-running-var"]
 
 
 @pytest.mark.slow
@@ -71,9 +73,9 @@ def test_flax_running_stats_edge_inputs_and_errors(tmp_path):
     r, impls = _run(tmp_path, "--impl", "flax-linen-bn", "--property", "running-stats", "--property", "edge-inputs",
                     "--property", "errors")
     _assert_as_expected(r, impls, ["flax-linen-bn"])
-    props = impls["flax-linen-bn"]["properties"]
-    assert props["running-stats"]["findings"] == ["biased-running-var"]
-    assert props["edge-inputs"]["findings"] == ["nan-inf"]
+    props = impls["flax-linen-bn"].properties
+    assert props["running-stats"].findings == ["biased-running-var"]
+    assert props["edge-inputs"].findings == ["nan-inf"]
 
 
 DECLINE = textwrap.dedent("""

@@ -35,12 +35,12 @@ def _run(impl, profile="quick", seed=0, properties=None) -> dict:
 
 
 def _assert_as_expected(result: dict, expect: frozenset):
-    found = {f["id"] for f in result["findings"]}
-    detail = "; ".join(f"{f['id']} ({f['property']}: {f['evidence'][0][:200]} | {f['scenario'][:160]})"
-                       for f in result["findings"] if f["id"] not in expect)
-    assert found == set(expect), (f"{result['name']}: expected exactly {sorted(expect)}, got {sorted(found)}; "
+    found = {f.id for f in result.findings}
+    detail = "; ".join(f"{f.id} ({f.property}: {f.evidence[0][:200]} | {f.scenario[:160]})"
+                       for f in result.findings if f.id not in expect)
+    assert found == set(expect), (f"{result.name}: expected exactly {sorted(expect)}, got {sorted(found)}; "
                                   f"missing {sorted(set(expect) - found)}; unexpected: {detail}")
-    assert result["cases"] > 0
+    assert result.cases > 0
 
 
 def _build_in_subprocess(file: str, name: str, prelude: str, env: dict | None = None) -> subprocess.CompletedProcess:

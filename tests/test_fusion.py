@@ -42,7 +42,7 @@ def seed_result(plugins):
 
 
 def _ids(result) -> set:
-    return {f["id"] for f in result["findings"]}
+    return {f.id for f in result.findings}
 
 
 def _torch_fold(conv, bn):
@@ -54,16 +54,16 @@ def _torch_fold(conv, bn):
 @pytest.mark.parametrize("name", ["torch-fuse-conv-bn", "bncheck-fold"])
 def test_reference_folds_are_clean(plugins, name):
     r = check_fusion(plugins[name], profile="default", seed=0)
-    assert set(r) == KEYS and r["kind"] == "fusion"
-    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
-    assert r["cases"] - r["declined_cases"] >= 200
-    assert set(r["worst_ratio_by_dtype"]) == {"float16", "float32", "float64"}
-    assert all(0 < v < 0.5 for v in r["worst_ratio_by_dtype"].values()), r["worst_ratio_by_dtype"]
+    assert KEYS <= set(r.to_json()) and r.kind == "fusion"
+    assert r.findings == [], [(f.id, f.evidence) for f in r.findings]
+    assert r.cases - r.declined_cases >= 200
+    assert set(r.worst_ratio_by_dtype) == {"float16", "float32", "float64"}
+    assert all(0 < v < 0.5 for v in r.worst_ratio_by_dtype.values()), r.worst_ratio_by_dtype
     json.dumps(r)
 
 
 def test_torch_declines_only_grouped_transposed(plugins):
-    caps = check_fusion(plugins["torch-fuse-conv-bn"], profile="quick", seed=0)["capabilities"]
+    caps = check_fusion(plugins["torch-fuse-conv-bn"], profile="quick", seed=0).capabilities
     assert caps.pop("ConvTranspose2d groups").startswith("declined: grouped ConvTranspose")
     assert set(caps.values()) == {"yes"}
 
@@ -72,33 +72,33 @@ def test_seed_000_fold_has_exactly_its_expected_findings(plugins, seed_result):
     r = seed_result
     assert _ids(r) == set(plugins["seed-000-fold"].expect) == {
         "fold-transposed-axis", "fold-bias-none-crash", "rank-unsupported", "crash", "fold-wrong-module"}
-    by_id = {f["id"]: f for f in r["findings"]}
-    for f in r["findings"]:
-        assert set(f) == FINDING_KEYS and f["evidence"] and f["repro"] and f["example"]
-        assert eval(f["scenario"], {"FoldScenario": FoldScenario}).describe() == f["example"]
-    assert "affine=False" in by_id["crash"]["example"] and "'NoneType'" in by_id["crash"]["evidence"][0]
-    assert "bias=False" in by_id["fold-bias-none-crash"]["example"]
-    assert by_id["fold-transposed-axis"]["example"].startswith("ConvTranspose")
-    assert by_id["fold-wrong-module"]["example"].startswith("Conv2d(1->1")      # b_.squeeze() of one channel
-    assert "shape ()" in by_id["fold-wrong-module"]["evidence"][0]
-    assert by_id["rank-unsupported"]["example"].startswith(("Conv1d", "Conv3d"))
+    by_id = {f.id: f for f in r.findings}
+    for f in r.findings:
+        assert set(f.to_json()) == FINDING_KEYS and f.evidence and f.repro and f.example
+        assert eval(f.scenario, {"FoldScenario": FoldScenario}).describe() == f.example
+    assert "affine=False" in by_id["crash"].example and "'NoneType'" in by_id["crash"].evidence[0]
+    assert "bias=False" in by_id["fold-bias-none-crash"].example
+    assert by_id["fold-transposed-axis"].example.startswith("ConvTranspose")
+    assert by_id["fold-wrong-module"].example.startswith("Conv2d(1->1")      # b_.squeeze() of one channel
+    assert "shape ()" in by_id["fold-wrong-module"].evidence[0]
+    assert by_id["rank-unsupported"].example.startswith(("Conv1d", "Conv3d"))
     # where the formula holds: plain Conv2d with bias, groups, float16 all pass, and its worst error is small
-    assert r["capabilities"]["Conv2d"] == r["capabilities"]["groups"] == r["capabilities"]["float16"] == "yes"
-    assert all(v < 1 for v in r["worst_ratio_by_dtype"].values())
+    assert r.capabilities["Conv2d"] == r.capabilities["groups"] == r.capabilities["float16"] == "yes"
+    assert all(v < 1 for v in r.worst_ratio_by_dtype.values())
 
 
 def test_a_knob_explanation_reads_like_the_style_guide(seed_result):
-    f = {f["id"]: f for f in seed_result["findings"]}["fold-transposed-axis"]
-    assert f["property"] == "fold-output" and f["where"] == "fused(x)" and f["error_ratio"] > 1
-    diff, why = f["evidence"]
+    f = {f.id: f for f in seed_result.findings}["fold-transposed-axis"]
+    assert f.property == "fold-output" and f.where == "fused(x)" and f.error_ratio > 1
+    diff, why = f.evidence
     assert diff.startswith("max |diff| ") and " x budget (" in diff and "elements over budget" in diff
     assert why.startswith("matches the fold reference with the scale applied along weight axis 0")
 
 
 def test_repro_script_runs_standalone_and_reproduces(seed_result, tmp_path):
-    f = {f["id"]: f for f in seed_result["findings"]}["fold-bias-none-crash"]
+    f = {f.id: f for f in seed_result.findings}["fold-bias-none-crash"]
     path = tmp_path / "repro.py"
-    path.write_text(f["repro"])
+    path.write_text(f.repro)
     proc = subprocess.run([sys.executable, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "NoneType" in proc.stdout
@@ -109,13 +109,13 @@ def test_repro_script_runs_standalone_and_reproduces(seed_result, tmp_path):
 @pytest.mark.parametrize("name", [f"zoo-fold-correct-{n}" for n in CORRECT])
 def test_correct_zoo_folds_are_clean(plugins, name):
     r = check_fusion(plugins[name], profile="quick", seed=0)
-    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
+    assert r.findings == [], [(f.id, f.evidence) for f in r.findings]
 
 
 @pytest.mark.parametrize("name,finding", sorted((f"zoo-fold-{n}", c.finding) for n, c in MUTANTS.items()))
 def test_each_mutant_is_caught_and_named(plugins, name, finding):
     r = check_fusion(plugins[name], profile="default", seed=0)
-    assert _ids(r) == {finding}, [(f["id"], f["evidence"], f["example"]) for f in r["findings"]]
+    assert _ids(r) == {finding}, [(f.id, f.evidence, f.example) for f in r.findings]
 
 
 def test_transposed_reshape_back_is_wrong_exactly_where_both_channel_counts_exceed_one():
@@ -133,8 +133,8 @@ def test_a_transposed_fold_wrong_only_with_several_channels_is_found_at_every_pr
     fold right only for depthwise or single-channel transposed convs is named at the quick and default profiles."""
     for s in seeds:
         r = check_fusion(plugins["zoo-fold-transposed-reshape-back"], profile=profile, seed=s)
-        assert _ids(r) == {"fold-transposed-axis"}, (profile, s, [(f["id"], f["example"]) for f in r["findings"]])
-        assert r["capabilities"]["ConvTranspose2d groups"].startswith("declined")
+        assert _ids(r) == {"fold-transposed-axis"}, (profile, s, [(f.id, f.example) for f in r.findings])
+        assert r.capabilities["ConvTranspose2d groups"].startswith("declined")
 
 
 # -- budget cross-check -----------------------------------------------------------------------------------------
@@ -239,8 +239,8 @@ def test_a_fold_that_raises_is_a_crash_finding():
         raise RuntimeError("fold exploded")
     r = check_fusion(_impl(boom), profile="quick", seed=0)
     assert _ids(r) == {"crash"}
-    assert "fold exploded" in r["findings"][0]["evidence"][0]
-    assert set(r["capabilities"].values()) == {"build error: RuntimeError: fold exploded"}
+    assert "fold exploded" in r.findings[0].evidence[0]
+    assert set(r.capabilities.values()) == {"build error: RuntimeError: fold exploded"}
 
 
 @pytest.mark.parametrize("returns", ["a string", None, "three"])
@@ -253,7 +253,7 @@ def test_a_fold_returning_the_wrong_type_is_a_finding(returns):
             return returns
     r = check_fusion(_impl(fold), profile="quick", seed=0)
     assert _ids(r) == {"fold-wrong-module"}
-    ev = r["findings"][0]["evidence"][0]
+    ev = r.findings[0].evidence[0]
     assert ("not a (W', b') pair" in ev) if returns == "three" else ("not a module" in ev)
 
 
@@ -263,8 +263,8 @@ def test_unsupported_is_declined_not_a_finding():
             raise bncheck.Unsupported("no groups here")
         return fold_conv_bn(conv, bn)
     r = check_fusion(_impl(picky), profile="quick", seed=0)
-    assert r["findings"] == [] and r["declined_cases"] > 0
-    assert r["capabilities"]["groups"] == "declined: no groups here"
+    assert r.findings == [] and r.declined_cases > 0
+    assert r.capabilities["groups"] == "declined: no groups here"
 
 
 def test_property_heartbeats_and_json_shape(plugins):
@@ -272,8 +272,8 @@ def test_property_heartbeats_and_json_shape(plugins):
     r = check_fusion(plugins["bncheck-fold"], profile="quick", seed=1, on_property=lambda p, res: seen.append(
         (p, res is None)), on_partial=partial.append)
     assert seen == [("fold-output", True), ("fold-output", False), ("fold-module", True), ("fold-module", False)]
-    assert [list(p["properties"]) for p in partial] == [["fold-output"], ["fold-output", "fold-module"]]
-    assert set(partial[0]) == KEYS and partial[0]["kind"] == "fusion"
-    assert set(r["properties"]) == {"fold-output", "fold-module"}
-    assert all(set(v) == {"cases", "declined", "findings", "seconds"} for v in r["properties"].values())
-    assert isinstance(r["seconds"], float) and not math.isnan(r["seconds"])
+    assert [list(p.properties) for p in partial] == [["fold-output"], ["fold-output", "fold-module"]]
+    assert KEYS <= set(partial[0].to_json()) and partial[0].kind == "fusion"
+    assert set(r.properties) == {"fold-output", "fold-module"}
+    assert all(set(v.to_json()) == {"cases", "declined", "findings", "seconds"} for v in r.properties.values())
+    assert isinstance(r.seconds, float) and not math.isnan(r.seconds)

@@ -100,8 +100,8 @@ def _check(seed: int) -> dict:
 def test_cancellation_mutant_is_named_cancellation_only(seed):
     """The whole search at the default profile (5 to 10 s a seed): later properties assume the named cancellation."""
     r = _check(seed)
-    found = {f["id"] for f in r["findings"]}
-    assert found == {"cancellation"}, [(f["id"], f["property"], f["evidence"]) for f in r["findings"]]
+    found = {f.id for f in r.findings}
+    assert found == {"cancellation"}, [(f.id, f.property, f.evidence) for f in r.findings]
 
 
 
@@ -112,7 +112,7 @@ def test_an_empty_batch_nan_is_reported_after_cancellation_is_named():
     reg.load_file(Path(__file__).parent / "plugins_numeric" / "cancellation_empty_nan.py")
     (r,) = runner.run_all([reg.implementations["cancellation-empty-nan"]], jobs=1, profile="default", seed=0,
                           progress=runner.Progress(1, stream=open(os.devnull, "w")))
-    found = {f["id"]: f.get("source") for f in r["findings"]}
+    found = {f.id: f.source for f in r.findings}
     # found by the search itself (not only by the directed probe that confirms an expected id the search missed)
     assert found == {"cancellation": "search", "nan-inf": "search"}, \
-        [(f["id"], f["property"], f.get("source"), f["evidence"]) for f in r["findings"]]
+        [(f.id, f.property, f.source, f.evidence) for f in r.findings]

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from bncheck import report
+from bncheck.results import LoadFailure, Result, RunReport, Timings
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 
@@ -31,7 +32,7 @@ def _impl(name, findings=(), expect=(), kind="batchnorm", **extra):
          "worst_ratio_by_dtype": {"float32": 0.25, "float16": None}, "properties": {},
          "capabilities": {"rank 2": "yes", "float64": "declined: no float64"}, "seconds": 4.0}
     r.update(extra)
-    return r
+    return Result.from_json(r)
 
 
 def _report():
@@ -49,31 +50,31 @@ def _report():
               capabilities={"cpu": "declined: needs CUDA tensors"}),
     ]
     env = {"bncheck": "0.1.0", "torch": "2.13.0+cpu", "profile": "default", "seed": 0}
-    errors = [{"origin": "implementations/broken.py", "message": "ImportError: no module named foo at broken.py:3"}]
-    return report.build(env, impls, errors, {"markdown": "| op | ms |\n|:--|--:|\n| fwd | 1.0 |"})
+    errors = [LoadFailure("implementations/broken.py", "ImportError: no module named foo at broken.py:3")]
+    return report.build(env, impls, errors, Timings(markdown="| op | ms |\n|:--|--:|\n| fwd | 1.0 |"))
 
 
 def test_verdicts():
     rep = _report()
-    v = {r["name"]: (r["verdict"], r["unexpected"], r["missing"]) for r in rep["implementations"]}
+    v = {r.name: (r.verdict, r.unexpected, r.missing) for r in rep.implementations}
     assert v["clean-one"] == ("clean", [], [])
     assert v["known-bugs"] == ("as expected", [], [])
     assert v["surprise"] == ("unexpected", ["eps-ignored"], ["biased-running-var"])
     assert v["sync-cuda-only"] == ("declined", [], [])
-    assert rep["exit_status"] == 1
+    assert rep.exit_status == 1
 
 
 def test_exit_status_zero_only_when_all_as_declared():
     env = {"profile": "quick"}
     ok = report.build(env, [_impl("a"), _impl("b", [_finding("crash")], expect={"crash"})], [])
-    assert ok["exit_status"] == 0
-    assert report.build(env, [_impl("a")], [{"origin": "x.py", "message": "boom"}])["exit_status"] == 1
+    assert ok.exit_status == 0
+    assert report.build(env, [_impl("a")], [LoadFailure("x.py", "boom")]).exit_status == 1
     # an expected finding not reproduced: a warning, a failure only when strict
     lax = report.build(env, [_impl("a", expect={"crash"})], [])
-    assert lax["exit_status"] == 0 and lax["implementations"][0]["verdict"] == "not reproduced"
-    assert report.build(env, [_impl("a", expect={"crash"})], [], strict=True)["exit_status"] == 1
+    assert lax.exit_status == 0 and lax.implementations[0].verdict == "not reproduced"
+    assert report.build(env, [_impl("a", expect={"crash"})], [], strict=True).exit_status == 1
     probed = report.build(env, [_impl("b", [dict(_finding("crash"), source="probe")], expect={"crash"})], [])
-    assert probed["implementations"][0]["confirmed_by_probe"] == ["crash"] and probed["exit_status"] == 0
+    assert probed.implementations[0].confirmed_by_probe == ["crash"] and probed.exit_status == 0
     assert "confirmed by probe: crash" in report.render_markdown(probed)
 
 
@@ -99,8 +100,11 @@ def test_markdown_sections_and_escaping():
 def test_write_is_json_roundtrip(tmp_path):
     rep = _report()
     md, js = report.write(rep, tmp_path)
-    assert json.loads(js.read_text()) == json.loads(json.dumps(rep))
-    assert md.read_text() == report.render_markdown(rep)
+    stored = json.loads(js.read_text())
+    assert stored == json.loads(json.dumps(rep.to_json()))
+    again = RunReport.from_json(stored)
+    assert again == rep and again.to_json() == stored        # the typed report survives its JSON unchanged
+    assert md.read_text() == report.render_markdown(rep) == report.render_markdown(again)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temporary files left behind
 
 

@@ -31,13 +31,13 @@ def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_each_reproducer_recreates_its_finding(seed_002, tmp_path):
     impl, result = seed_002
-    findings = [f for f in result["findings"] if f["repro"]]
-    assert {"biased-running-var", "crash"} <= {f["id"] for f in findings}
+    findings = [f for f in result.findings if f.repro]
+    assert {"biased-running-var", "crash"} <= {f.id for f in findings}
     for f in findings:
-        p = _run(f["repro"], tmp_path)
-        assert p.returncode == 1, f"{f['id']}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
-        field = f["where"].split(" after ")[0].split(" ")[0]
-        assert field in p.stdout, f"{f['id']}: the script does not show {field!r}:\n{p.stdout}"
+        p = _run(f.repro, tmp_path)
+        assert p.returncode == 1, f"{f.id}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+        field = f.where.split(" after ")[0].split(" ")[0]
+        assert field in p.stdout, f"{f.id}: the script does not show {field!r}:\n{p.stdout}"
         assert "torch step 1" in p.stdout
 
 

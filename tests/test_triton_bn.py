@@ -381,6 +381,6 @@ def test_full_bncheck_verification_is_clean():
     plugin = os.path.join(os.path.dirname(__file__), "..", "implementations", "triton_bn.py")
     reg = discover(plugin_files=[plugin], entry_points=False)
     (r,) = runner.run_all([reg.implementations["triton-bn"]], jobs=1, profile="default", seed=0)
-    assert r["findings"] == [], [(f["id"], f["evidence"]) for f in r["findings"]]
-    assert r["cases"] > 300 and set(r["properties"]) == {p.name for p in PROPERTIES}
-    assert all(v is not None and v < 1.0 for v in r["worst_ratio_by_dtype"].values())
+    assert r.findings == [], [(f.id, f.evidence) for f in r.findings]
+    assert r.cases > 300 and set(r.properties) == {p.name for p in PROPERTIES}
+    assert all(v is not None and v < 1.0 for v in r.worst_ratio_by_dtype.values())

@@ -32,7 +32,7 @@ def _check_all(seed: int) -> dict:
     impls = [reg.implementations[n] for n in ZOO_NAMES]
     results = runner.run_all(impls, jobs=os.cpu_count() or 2, profile="default", seed=seed,
                              progress=runner.Progress(len(impls), stream=open(os.devnull, "w")))
-    return {r["name"]: r for r in results}
+    return {r.name: r for r in results}
 
 
 _RESULTS: dict[int, dict] = {}
@@ -47,18 +47,18 @@ def _result(seed: int, name: str) -> dict:
 def _verify(seed: int, name: str):
     reg_impl = _zoo().implementations[name]
     r = _result(seed, name)
-    found = {f["id"] for f in r["findings"]}
-    detail = "; ".join(f"{f['id']} ({f['property']}: {f['evidence'][-1][:160]})" for f in r["findings"])
+    found = {f.id for f in r.findings}
+    detail = "; ".join(f"{f.id} ({f.property}: {f.evidence[-1][:160]})" for f in r.findings)
     if name.startswith("zoo-correct-"):
         assert not found, f"{name} is correct but got findings: {detail}"
-        assert r["cases"] > 100, f"{name}: only {r['cases']} cases checked"
+        assert r.cases > 100, f"{name}: only {r.cases} cases checked"
     else:
         (want,) = reg_impl.expect
         assert found, f"{name} (defect: {want}) was not detected"
         assert found == {want}, f"{name}: expected exactly {want!r}, got {sorted(found)}: {detail}"
-        named = next(f for f in r["findings"] if f["id"] == want)
-        assert named["evidence"], f"{name}: finding without evidence"
-        assert named["repro"] or want in ("crash", "timeout"), f"{name}: finding without a reproducer"
+        named = next(f for f in r.findings if f.id == want)
+        assert named.evidence, f"{name}: finding without evidence"
+        assert named.repro or want in ("crash", "timeout"), f"{name}: finding without a reproducer"
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
