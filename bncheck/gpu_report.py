@@ -204,7 +204,7 @@ def merge_runs(runs: list) -> dict | None:
     """One ``bncheck run`` report from several over disjoint groups of properties (the GPU check runs them side by
     side): per implementation, cases and worker seconds add up, findings and properties are joined, the worst
     error / budget per dtype is the largest (None, unbounded, wins), and the verdict is recomputed."""
-    from .report import verdict
+    from .results import RatioHistogram, Result
     runs = [r for r in runs if r]
     if len(runs) <= 1:
         return runs[0] if runs else None
@@ -223,8 +223,12 @@ def merge_runs(runs: list) -> dict | None:
                 worst[k] = None if v is None or (k in worst and worst[k] is None) else max(v, worst.get(k, 0.0))
             m["properties"].update(r.get("properties") or {})
             m["seconds"] += r.get("seconds") or 0.0
+            m["ratios"] = RatioHistogram.from_json(m.get("ratios")).merge(
+                RatioHistogram.from_json(r.get("ratios"))).to_json()
     for m in impls.values():
-        m.update(verdict(m))
+        judged = Result.from_json(m).judge()
+        m.update(verdict=judged.verdict, unexpected=judged.unexpected, missing=judged.missing,
+                 confirmed_by_probe=judged.confirmed_by_probe)
     errors = []
     for run in runs:
         errors += [e for e in run.get("load_errors", []) if e not in errors]

@@ -45,8 +45,8 @@ class FindingResult:
     """A finding as reported: the catalog id, the property and place it shows in, its evidence, its error as a
     multiple of the budget (None: structural, e.g. a crash), the minimal example, and its reproducer's source."""
     id: str
-    property: str
-    where: str
+    property: str = ""
+    where: str = ""
     evidence: list[str] = field(default_factory=list)
     error_ratio: float | None = None
     example: str = ""              # the minimal example, in words

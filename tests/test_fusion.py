@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 import bncheck
 from bncheck.fold import fold_conv_bn, fold_weights
 from bncheck.fusion_check import check_fusion
+from bncheck.results import Result
 from bncheck.fusion_cases import (FoldScenario, evaluate, fold_scenarios, materialize, module_fold, oracle_output,
                                   weights_fold)
 from bncheck.registry import Registry, discover
@@ -59,7 +60,7 @@ def test_reference_folds_are_clean(plugins, name):
     assert r.cases - r.declined_cases >= 200
     assert set(r.worst_ratio_by_dtype) == {"float16", "float32", "float64"}
     assert all(0 < v < 0.5 for v in r.worst_ratio_by_dtype.values()), r.worst_ratio_by_dtype
-    json.dumps(r)
+    assert Result.from_json(json.loads(json.dumps(r.to_json()))) == r
 
 
 def test_torch_declines_only_grouped_transposed(plugins):

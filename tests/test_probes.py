@@ -99,7 +99,7 @@ def test_confirm_expected_marks_findings_as_probe():
     res = probes.confirm_expected(impl, found=frozenset())
     assert [(f.id, f.source) for f in res.findings] == [("nan-inf", "probe")]
     assert "confirmed by the directed probe for nan-inf" in res.findings[0].evidence[-1]
-    assert res.findings[0].to_dict()["source"] == "probe"
+    assert res.findings[0].result().source == "probe"
     assert probes.confirm_expected(impl, found=frozenset({"nan-inf", "inverted-momentum"})) is None
 
 
