@@ -73,25 +73,25 @@ def assert_conforms(target, **kwargs) -> Result:
     return result
 
 
-def failure_message(result: Result, ids=None, repro_dir: str | None = None) -> str:
-    """What went wrong, torch.testing style: a header, one block per unexpected finding (or per id in ``ids``),
-    the expected ids not reproduced. Reproducers are written to files (``repro_dir``, default a new temporary
-    directory) and named by the command that runs them."""
-    ids = set(result.unexpected if ids is None else ids)
-    shown = [f for f in result.findings if f.id in ids]
+def failure_message(result: Result, findings=None, title: str = "", repro_dir: str | None = None) -> str:
+    """What went wrong, torch.testing style: a header, one line per finding shown (default: the unexpected ones),
+    each one's minimal example, first evidence lines and reproducer, then the expected ids not reproduced.
+    Reproducers are written to files (``repro_dir``, default a new temporary directory) and named by the command
+    that runs them; ``title`` names the part checked (e.g. a property)."""
+    shown = [f for f in result.findings if f.id in result.unexpected] if findings is None else list(findings)
     declined = f" ({result.declined_cases} declined)" if result.declined_cases else ""
-    lines = [f"{result.name} does not behave like torch: verdict {result.verdict!r}, {result.cases} cases"
-             f"{declined}, {len(result.findings)} finding(s) ({len(shown)} shown), {result.seconds:.1f} s"]
+    part = f" in {title}" if title else ""
+    lines = [f"{result.name} does not behave like torch{part}: verdict {result.verdict!r}, {result.cases} cases"
+             f"{declined}, {len(shown)} of {len(result.findings)} finding(s) shown, {result.seconds:.1f} s"]
     if result.origin:
         lines.append(f"implementation from {result.origin}")
     if shown:
         lines += ["", "Findings:"] + [f"  {f.line()}" for f in shown]
     for f in shown:
         lines += ["", _finding_block(f, result.name, repro_dir)]
-    missing = [m for m in result.missing if ids is None or m in ids]
-    if missing:
+    if result.missing and result.verdict == "unexpected" and findings is None:
         lines += ["", f"Expected but not reproduced (neither by the search nor by its directed probe): "
-                      f"{', '.join(missing)}"]
+                      f"{', '.join(result.missing)}"]
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import unittest
 from dataclasses import replace
 
 import hypothesis
@@ -116,12 +117,17 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
         test = settings(max_examples=conf["max_examples"], deadline=None, database=db,
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                         verbosity=hypothesis.Verbosity.quiet, phases=use)(given(prop.strategy)(check))
-        test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
+        if db is None:
+            test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
+        else:          # the same seed, set as hypothesis.seed sets it, without its switching the database off
+            test._hypothesis_internal_use_seed = seed * 1000003 + index * 101 + rnd
         try:
             test()
             break                       # the property holds (given what earlier rounds named)
         except hypothesis.errors.Unsatisfiable:
             break                       # every scenario drawn was declined: nothing to hold against it
+        except unittest.SkipTest:
+            break                       # no example ran: phases without generation and nothing stored to replay
         except PropertyFailure:
             pass
         if "case" not in last:
