@@ -180,17 +180,21 @@ def pytest_collection_modifyitems(session, config, items):
         return
     st = config.stash[_STATE]
     _plugin_dir(config)
+    new = []
     for e in st.load_errors:
-        items.append(LoadErrorItem.from_parent(session, name=f"bncheck::{e.origin}::load",
-                                               nodeid=f"bncheck::{e.origin}::load", error=e))
+        nodeid = f"bncheck::{e.origin}::load"
+        new.append(LoadErrorItem.from_parent(session, name=nodeid, nodeid=nodeid, error=e))
     for impl in st.impls.values():
         names = property_names(impl.kind, st.options.properties)
         if impl.expect:
             names.append(EXPECTED_ITEM)
         for prop in names:
             nodeid = f"bncheck::{impl.name}::{prop}"
-            items.append(BncheckItem.from_parent(session, name=nodeid, nodeid=nodeid, impl=impl, prop=prop,
-                                                 props=names))
+            new.append(BncheckItem.from_parent(session, name=nodeid, nodeid=nodeid, impl=impl, prop=prop,
+                                               props=names))
+    items.extend(new)
+    # reported as collected, so the counts ("collected N items / M deselected") include them
+    config.hook.pytest_collectreport(report=pytest.CollectReport("bncheck", "passed", None, new))
 
 
 class BncheckFailure(AssertionError):
@@ -253,6 +257,10 @@ class BncheckItem(pytest.Item):
         if expected:
             self.add_marker(pytest.mark.xfail(reason=f"expected finding(s): {', '.join(expected)}", strict=strict))
             raise BncheckFailure("\n".join(f.line() for f in findings))
+        summary = result.properties.get(self.prop)
+        if summary is not None and not findings and (summary.cases == 0 or summary.declined >= summary.cases):
+            why = "every case drawn was declined by the builder" if summary.cases else "no case ran"
+            pytest.skip(f"{self.impl.name}: {self.prop} not checked ({why})")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, BncheckFailure):
