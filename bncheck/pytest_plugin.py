@@ -16,12 +16,15 @@ The fixture ``bncheck`` gives ``check`` and ``assert_conforms`` with these optio
 """
 from __future__ import annotations
 
+import io
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from .options import PROFILES, CheckOptions, OptionError, add_check_options
+from .options import PROFILES, WORLD_SIZES, CheckOptions, OptionError, add_check_options
+from .registry import Registry, object_source
 
 PREFIX = "bncheck-"
 EXPECTED_ITEM = "expected"
@@ -73,9 +76,7 @@ class _State:
         """The result of ``name``, checking it together with every other implementation still pending."""
         if name not in self.results:
             from . import runner
-            from .options import WORLD_SIZES
-            import io
-            todo = [self.impls[n] for n in dict.fromkeys(pending) if n not in self.results]
+            todo = [self.impls[n] for n in dict.fromkeys([name, *pending]) if n not in self.results]
             kw = self.check_kwargs()
             kw["world_sizes"] = kw["world_sizes"] or WORLD_SIZES
             got = runner.run_all(todo, jobs=self.options.jobs, progress=runner.Progress(len(todo), io.StringIO()),
@@ -127,10 +128,8 @@ def pytest_pycollect_makeitem(collector, name, obj):
     impl = getattr(obj, "__bncheck_impl__", None)
     if impl is None or getattr(obj, "__module__", None) != collector.obj.__name__:
         return None
-    from .registry import object_source
     st = collector.config.stash[_STATE]
     if impl.name not in st.impls:
-        from dataclasses import replace
         origin = _relative(collector.path, collector.config.rootpath)
         st.impls[impl.name] = replace(impl, origin=origin, source=object_source(
             obj, impl.name, impl.kind, impl.expect, impl.state, impl.options))
@@ -148,16 +147,9 @@ def _plugin_dir(config):
     d = Path(config.rootpath) / "implementations"
     if not d.is_dir():
         return
-    from .registry import Registry
-    import os
     st = config.stash[_STATE]
     reg = Registry()
-    cwd = os.getcwd()
-    os.chdir(config.rootpath)           # origins relative to the rootdir, as bncheck run shows them
-    try:
-        reg.load_dir(d)
-    finally:
-        os.chdir(cwd)
+    reg.load_dir(d)                     # origins relative to the working directory, as bncheck run shows them
     for impl in reg.implementations.values():
         st.impls.setdefault(impl.name, impl)
     st.load_errors += reg.errors
