@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
 
 from . import __version__
+from .options import CheckOptions, OptionError, add_check_options
 from .registry import KINDS, discover
 
 DEFAULT_PLUGIN_DIR = "implementations"
-WORLD_SIZES = (2, 3, 4)
-MAX_WORLD_SIZE = 16
 
 
 class UsageError(Exception):
@@ -39,13 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compare implementations with the oracle and write reports")
     plugin_args(r)
     r.add_argument("--impl", action="append", default=[], metavar="NAME", help="only these, repeatable")
-    r.add_argument("--profile", choices=("quick", "default", "thorough"), default="default")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_check_options(r.add_argument)      # --profile --seed --device --jobs --property --strict --world-size
     r.add_argument("--out", default="reports", metavar="DIR")
-    r.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    r.add_argument("--property", action="append", default=[], metavar="NAME",
-                   help="only these BatchNorm properties (fusion and sync plugins have their own)")
     r.add_argument("--bench", default=None, metavar="SHAPES",
                    help="after checking, time the checked BatchNorm implementations on this shape set "
                         "(see `bncheck bench --shapes`) and put the table in the report")
@@ -53,11 +46,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation)")
     r.add_argument("--kind", action="append", default=[], choices=KINDS,
                    help="only plugins of this kind, repeatable (default: all)")
-    r.add_argument("--strict", action="store_true",
-                   help="an expected finding that neither the search nor its directed probe reproduces fails the run "
-                        "(exit 1; otherwise it is a warning)")
-    r.add_argument("--world-size", action="append", default=[], type=int, metavar="R",
-                   help=f"world sizes for sync plugins, repeatable (default: {' '.join(map(str, WORLD_SIZES))})")
 
     ls = sub.add_parser("list", help="list discovered implementations")
     plugin_args(ls)
@@ -98,19 +86,10 @@ def _environment(args) -> dict:
 
 def cmd_run(args) -> int:
     from . import report, runner
-    from .properties import BY_NAME
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    bad = [p for p in args.property if p not in BY_NAME]
-    if bad:
-        raise UsageError(f"--property {bad[0]}: unknown property; known: {', '.join(BY_NAME)}")
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: CUDA is not available on this machine")
-    bad = [w for w in args.world_size if not 1 <= w <= MAX_WORLD_SIZE]
-    if bad:
-        raise UsageError(f"--world-size {bad[0]}: must be between 1 and {MAX_WORLD_SIZE}")
+    try:
+        opts = CheckOptions.from_namespace(args).validate()
+    except OptionError as e:
+        raise UsageError(str(e)) from None
     if args.bench:
         _bench_shapes(args.bench)
     reg = _registry(args)
@@ -126,9 +105,7 @@ def cmd_run(args) -> int:
         impls = [i for i in impls if i.name in args.impl]
     for e in reg.errors:
         print(f"bncheck: plugin failed to load: {e.origin}: {e.message}", file=sys.stderr)
-    results = runner.run_all(impls, jobs=args.jobs, profile=args.profile, seed=args.seed, device=args.device,
-                             properties=args.property or None,
-                             world_sizes=tuple(sorted(set(args.world_size))) or WORLD_SIZES)
+    results = runner.run_all(impls, **opts.run_kwargs())
     timings = _run_bench(args, reg, impls) if args.bench else None
     rep = report.build(_environment(args), results, reg.errors, timings, strict=args.strict)
     md, js = report.write(rep, args.out)

@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import os
 import sys
 import traceback
@@ -38,7 +39,7 @@ class Implementation:
     state: dict = field(default_factory=dict)      # canonical key -> attribute path on the module
     expect: frozenset = frozenset()
     origin: str = "<unknown>"                       # file path, or "dist:<distribution>"
-    source: str = ""                                # how a worker re-loads it: "file:<path>" | "ep:<name>" | "module:<mod>"
+    source: str = ""       # how a worker re-loads it: "file:<path>" | "ep:<name>" | "module:<mod>" | "object:<json>"
     options: dict = field(default_factory=dict)     # kind-specific extras (e.g. fusion form)
 
     def attr(self, key: str) -> str:
@@ -162,11 +163,89 @@ class Registry:
                             self.add(impl)
                 except Exception as e:
                     self.errors.append(LoadError(where, _describe_exception(e, None)))
+        elif kind == "object":
+            self._load_object(where, source)
         else:
             self.errors.append(LoadError(source, "unknown plugin source"))
 
+    def _load_object(self, where: str, source: str) -> None:
+        """A plain (undecorated) module-level builder: its module imported by name, or its file by path, and the
+        attribute taken by qualified name; declared with the kind, expect, state and options recorded in
+        ``object_source``."""
+        try:
+            d = json.loads(where)
+            origin = d.get("file") or d["module"]
+        except (ValueError, KeyError, TypeError) as e:
+            self.errors.append(LoadError(source, f"malformed object source: {e}"))
+            return
+        with self._loading(origin, source):
+            try:
+                obj = _import_object(d.get("module", ""), d.get("file", ""))
+                for part in d["qualname"].split("."):
+                    obj = getattr(obj, part)
+                self.declare(d.get("kind", "batchnorm"), d["name"], obj, state=d.get("state"),
+                             expect=d.get("expect", ()), options=d.get("options"))
+            except Exception as e:
+                self.errors.append(LoadError(origin, _describe_exception(e, None)))
+
     def of_kind(self, kind: str) -> list[Implementation]:
         return [i for i in self.implementations.values() if i.kind == kind]
+
+
+def object_source(build: Callable, name: str, kind: str = "batchnorm", expect=(), state=None,
+                  options=None) -> str:
+    """The source string that re-loads a plain module-level builder in another process (``Registry.load_source``).
+
+    Raises ``RegistrationError`` for a builder no other process can import: a lambda, a nested function or a
+    closure, or one defined interactively."""
+    qualname = getattr(build, "__qualname__", "")
+    module = getattr(build, "__module__", "") or ""
+    if not qualname or "<" in qualname:       # <lambda>, <locals>
+        raise RegistrationError(
+            f"{name!r}: {qualname or build!r} cannot be re-loaded in a worker process (a lambda, nested function or "
+            f"closure); define the builder as a module-level function, or pass isolate=False to check it in this "
+            f"process")
+    mod = sys.modules.get(module)
+    file = getattr(mod, "__file__", None)
+    if not file and module in ("", "__main__"):
+        raise RegistrationError(f"{name!r}: {qualname} is defined interactively (no file); define it in a module "
+                                f"or a script, or pass isolate=False to check it in this process")
+    d = {"name": name, "kind": kind, "module": module, "file": str(Path(file).resolve()) if file else "",
+         "qualname": qualname, "expect": sorted(expect), "state": dict(state or {}), "options": dict(options or {})}
+    return "object:" + json.dumps(d, sort_keys=True)
+
+
+def _import_object(module: str, file: str):
+    """The module defining an object: already imported (a script run as the main module is ``__mp_main__`` in a
+    spawned worker), importable by name, or imported from its file."""
+    names = ["__mp_main__", "__main__"] if module == "__main__" else [module]
+    for n in names:
+        mod = sys.modules.get(n)
+        if mod is not None and (not file or Path(getattr(mod, "__file__", "") or "").resolve() == Path(file)):
+            return mod
+    if module and module != "__main__" and not module.startswith("bncheck_plugin_"):
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            if not file:
+                raise
+    if not file:
+        raise ImportError(f"module {module!r} is not importable and its file is unknown")
+    path = Path(file)
+    modname = "bncheck_object_" + path.stem + "_" + hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None:
+        raise ImportError(f"{file}: not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(modname, None)
+        raise
+    return mod
 
 
 def _is_registered(reg: Registry, obj) -> bool:

@@ -3,17 +3,21 @@
 Per property, search rounds run until one passes: a round's failure is shrunk by Hypothesis to a minimal
 scenario, diagnosed, and its named bug is then *assumed* by the next round (its oracle knobs applied, its
 structural id ignored), so the next round can only fail on a different bug. Runs are reproducible: every
-round's Hypothesis seed derives from ``--seed``, and no example database is used. After the search, expected ids
-it did not reach are run through their directed probes (``probes.py``), on top of what the search assumed.
+round's Hypothesis seed derives from ``--seed``, and no example database is used unless one is given (``database``:
+a directory; the pytest plugin passes Hypothesis' own, so a failure found once is replayed first, under a key per
+implementation, property and round). After the search, expected ids it did not reach are run through their
+directed probes (``probes.py``), on top of what the search assumed.
 """
 from __future__ import annotations
 
 import math
 import time
+import unittest
 from dataclasses import replace
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, reject, settings, target
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from . import diagnose, execute, probes
 from .compare import compare
@@ -49,9 +53,12 @@ def dtype_label(sc: Scenario) -> str:
 
 def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
                     device: str = "cpu", index: int = 0, base: Knobs = TORCH,
-                    named: frozenset = frozenset()) -> PropertyResult:
+                    named: frozenset = frozenset(), database: str | None = None,
+                    phases=None) -> PropertyResult:
     """``base`` and ``named``: the knob settings and finding ids earlier properties established; this property
-    assumes them, so a bug named once is not re-diagnosed (and mis-named) in another property's scenarios."""
+    assumes them, so a bug named once is not re-diagnosed (and mis-named) in another property's scenarios.
+    ``database``: a Hypothesis example directory to replay from and save to (None: none); ``phases``: names of the
+    Hypothesis phases allowed (None: all the search uses)."""
     conf = PROFILES[profile]
     res = PropertyResult(prop.name)
     t0 = time.monotonic()
@@ -99,18 +106,28 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
                 last["case"] = (sc, data, trace, cmp)
                 raise _failure(keys[0])(f"{prop.name}: {keys} on {sc.describe()}")
 
-        test = settings(max_examples=conf["max_examples"], deadline=None, database=None,
+        use = [Phase.explicit, Phase.generate, Phase.target, Phase.shrink] if prop.targeted else \
+            [Phase.explicit, Phase.generate, Phase.shrink]
+        db = None
+        if database is not None:
+            db, use = DirectoryBasedExampleDatabase(database), [Phase.reuse] + use
+            check._hypothesis_internal_add_digest = f"bncheck:{impl.name}:{prop.name}:{rnd}".encode()
+        if phases is not None:
+            use = [ph for ph in use if ph.name in phases]
+        test = settings(max_examples=conf["max_examples"], deadline=None, database=db,
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
-                        verbosity=hypothesis.Verbosity.quiet,
-                        phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink]
-                        if prop.targeted else [Phase.explicit, Phase.generate, Phase.shrink])(
-            given(prop.strategy)(check))
-        test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
+                        verbosity=hypothesis.Verbosity.quiet, phases=use)(given(prop.strategy)(check))
+        if db is None:
+            test = hypothesis.seed(seed * 1000003 + index * 101 + rnd)(test)
+        else:          # the same seed, set as hypothesis.seed sets it, without its switching the database off
+            test._hypothesis_internal_use_seed = seed * 1000003 + index * 101 + rnd
         try:
             test()
             break                       # the property holds (given what earlier rounds named)
         except hypothesis.errors.Unsatisfiable:
             break                       # every scenario drawn was declined: nothing to hold against it
+        except unittest.SkipTest:
+            break                       # no example ran: phases without generation and nothing stored to replay
         except PropertyFailure:
             pass
         if "case" not in last:
@@ -163,8 +180,10 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
 
 
 def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
-                         properties=None, on_property=None, on_partial=None) -> Result:
-    """Search every property; returns the plugin's ``Result`` for the report.
+                         properties=None, on_property=None, on_partial=None, database: str | None = None,
+                         phases=None) -> Result:
+    """Search every property; returns the plugin's ``Result`` for the report (``database``, ``phases``: as in
+    ``search_property``).
 
     ``on_partial(result)`` receives the result so far after each property (what survives a later hang)."""
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
@@ -174,7 +193,8 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     for i, prop in enumerate(props):
         if on_property:
             on_property(prop.name, None)     # started
-        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, base=base, named=named)
+        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, base=base, named=named,
+                            database=database, phases=phases)
         base, named = r.assumed, named | {f.id for f in r.findings}
         results.append(r)
         if on_property:
