@@ -19,6 +19,8 @@ PANEL = (2.5, 1.7)     # inches per panel
 DPI = 80
 NATIVE = "torch-native"
 GREEN, RED, GREY, ORANGE = "#2da44e", "#cf222e", "#8c959f", "#bf8700"
+PALETTE = ["#0969da", "#bc4c00", "#8250df", "#1b7c83", "#9a6700", "#bf3989", "#6e7781", "#0550ae", "#953800",
+           "#6639ba"]          # implementations in the timing picture: no green or red (those mean verdicts)
 VERDICT_COLOR = {"clean": GREEN, "as expected": GREEN, "not reproduced": ORANGE, "unexpected": RED,
                  "declined": GREY}
 
@@ -99,7 +101,10 @@ def errors_figure(rep: RunReport):
 
 
 def _shape_key(r) -> str:
-    return f"{r.shape}\n{r.layout} {r.dtype.replace('float', 'f')}"
+    """A shape's label under its bars: a long shape broken after its batch and channel sizes."""
+    dims = str(r.shape).split("x")
+    shape = "x".join(dims[:2]) + "x\n" + "x".join(dims[2:]) if len(r.shape) > 9 and len(dims) > 3 else r.shape
+    return f"{shape}\n{r.layout} {r.dtype.replace('float', 'f')}"
 
 
 def timings_figure(t: Timings | None):
@@ -109,10 +114,11 @@ def timings_figure(t: Timings | None):
     ops = list(dict.fromkeys(r.op for r in t.rows))
     impls = list(dict.fromkeys(r.implementation for r in t.rows))
     shapes = list(dict.fromkeys(_shape_key(r) for r in t.rows))
-    colors = {name: (GREY if name == NATIVE else f"C{i % 10}") for i, name in enumerate(n for n in impls)}
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(n for n in impls if n != NATIVE)}
+    colors[NATIVE] = GREY
     by = {(r.implementation, r.op, _shape_key(r)): r for r in t.rows}
-    width = max(4.0, 0.5 + 0.28 * len(shapes) * max(len(impls) - 1, 1) ** 0.6)
-    fig = _figure(width * len(ops), 5.2)
+    width = max(4.6, 0.6 + 0.65 * len(shapes))     # inches per op
+    fig = _figure(width * len(ops), 6.2)
     axes = fig.subplots(2, len(ops), squeeze=False)
     copy = t.header.get("copy_gbps")
     for j, op in enumerate(ops):
@@ -143,20 +149,20 @@ def timings_figure(t: Timings | None):
                 ax.set_yticks([v for v in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) if low <= v <= high])
                 ax.yaxis.set_major_formatter("{x:g}")
                 ax.yaxis.set_minor_formatter("")
-                ax.set_title(f"{op}: ratio to torch native (above 1: faster; x: failed)", fontsize=8, loc="left")
+                ax.set_title(f"{op}: ratio to torch native (above 1: faster; x: failed)", fontsize=9.5, loc="left")
             else:
                 if copy:
                     ax.axhline(copy, color=RED, linewidth=1, linestyle="--")
-                    ax.text(len(shapes) - 0.5, copy, f"copy bandwidth {copy:.0f} GB/s", color=RED, fontsize=6.5,
+                    ax.text(len(shapes) - 0.5, copy, f"copy bandwidth {copy:.0f} GB/s", color=RED, fontsize=8,
                             ha="right", va="bottom")
-                ax.set_title(f"{op}: GB/s achieved", fontsize=8, loc="left")
+                ax.set_title(f"{op}: GB/s achieved (dashed: copy bandwidth)", fontsize=9.5, loc="left")
                 ax.set_ylim(0, max([copy or 0] + [r.gbps or 0 for r in t.rows if r.op == op]) * 1.15 or 1)
             ax.set_xticks(range(len(shapes)), shapes if row == 1 else [""] * len(shapes))
-            ax.tick_params(labelsize=6.5)
+            ax.tick_params(labelsize=7.5)
             ax.set_xlim(-0.5, len(shapes) - 0.5)
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
-    fig.legend(loc="outside lower center", ncols=min(len(impls), 6), fontsize=7, frameon=False)
+    fig.legend(loc="outside lower center", ncols=min(len(impls), 6), fontsize=9, frameon=False)
     return fig
 
 

@@ -27,7 +27,7 @@ def render(t: Timings) -> list[str]:
            f"{h.get('triton') or 'not installed'}; {h.get('timer', 'timer not recorded')}. "
            f"Copy bandwidth (read + write of a large copy): **{h.get('copy_gbps') or 0:.1f} GB/s**.", "",
            "ratio = torch native's time / the implementation's (above 1: faster than torch native); GB/s from the "
-           f"minimal-bytes model ({h.get('bytes_model', 'not recorded')}).", ""]
+           f"minimal-bytes model (`{h.get('bytes_model', 'not recorded')}`).", ""]
     ops = list(dict.fromkeys(r.op for r in t.rows))
     ratios: dict[str, dict[str, list[float]]] = {}
     for r in t.rows:
@@ -41,12 +41,14 @@ def render(t: Timings) -> list[str]:
                          ["left"] + ["right"] * len(ops), shrink=(0,)))
     timed = [r for r in t.rows if r.error is None]
     if timed:
+        spread = any(r.spread is not None for r in timed)     # recorded by newer runs only
         rows = [[r.implementation, r.op, r.shape, r.layout, r.dtype, _fmt(r.time_ms, ".4g"), _fmt(r.ratio, ".3g"),
-                 _fmt(r.gbps, ".3g"), _fmt(r.pct_copy, ".3g"), _fmt(r.spread and 100 * r.spread, ".2g")]
-                for r in timed]
-        out += fold(f"Every timed row ({len(timed)})",
-                     table(["implementation", "op", "shape", "layout", "dtype", "ms", "ratio", "GB/s", "% copy",
-                            "spread %"], rows, ["left"] * 5 + ["right"] * 5, shrink=(0, 2)))
+                 _fmt(r.gbps, ".3g"), _fmt(r.pct_copy, ".3g")]
+                + ([_fmt(None if r.spread is None else 100 * r.spread, ".2g")] if spread else []) for r in timed]
+        headers = ["implementation", "op", "shape", "layout", "dtype", "ms", "ratio", "GB/s", "% copy"]
+        headers += ["spread %"] if spread else []
+        out += fold(f"Every timed row ({len(timed)})", table(headers, rows, ["left"] * 5 + ["right"] * (len(headers) - 5),
+                                                            shrink=(0, 2)))
     failed: dict[tuple[str, str], list[str]] = {}
     for r in t.rows:
         if r.error is not None:
