@@ -17,6 +17,7 @@ KINDS = {"batchnorm": "BatchNorm", "fusion": "Fusion (conv-BN folding)", "sync":
 COLUMNS = 5            # panels per row
 PANEL = (2.5, 1.7)     # inches per panel
 DPI = 80
+NAME_CHARS = 28        # a longer name is cut to fit its panel
 NATIVE = "torch-native"
 GREEN, RED, GREY, ORANGE = "#2da44e", "#cf222e", "#8c959f", "#bf8700"
 PALETTE = ["#0969da", "#bc4c00", "#8250df", "#1b7c83", "#9a6700", "#bf3989", "#6e7781", "#0550ae", "#953800",
@@ -48,23 +49,22 @@ def _panel(ax, r: Result) -> None:
     ax.set_xscale("log")
     ax.set_xlim(lo / step ** 2, hi * step ** 2)
     ax.set_xticks([1e-6, 1e-3, 1, 1e3, 1e6], ["1e-6", "1e-3", "1", "1e3", "1e6"])
-    ax.minorticks_off()
-    ax.tick_params(labelsize=7, length=2, pad=1)
     top = max([*h.counts, h.below, h.above, 1])
     if h.total:
         ax.set_yscale("log")
         ax.set_ylim(floor, top * 3)
-        ax.set_yticks([t for t in (1, 10, 100, 1000, 10000, 100000) if t <= top * 3])
-        ax.yaxis.set_major_formatter("{x:g}")
-        ax.yaxis.set_minor_formatter("")
+        ticks = [t for t in (1, 10, 100, 1000, 10000, 100000) if t <= top * 3]
+        ax.set_yticks(ticks, [str(t) for t in ticks])
     else:
         ax.set_yticks([])
         ax.text(0.5, 0.5, "no cases compared", transform=ax.transAxes, fontsize=7, ha="center", va="center",
                 color=GREY)
+    ax.minorticks_off()                  # (after the scales: a log scale brings minor ticks, slow to draw)
+    ax.tick_params(labelsize=7, length=2, pad=1)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    name = r.name if len(r.name) <= 34 else r.name[:33] + "…"
-    ax.set_title(name, fontsize=9, loc="left", pad=12)
+    name = r.name if len(r.name) <= NAME_CHARS else r.name[:NAME_CHARS - 1] + "…"
+    ax.set_title(name, fontsize=9, loc="left", y=1.15, pad=0)    # a fixed y: no costly automatic placement
     status = r.verdict + (f" · {h.over_budget}/{h.total} over budget" if h.total else "")
     ax.text(0, 1.03, status, transform=ax.transAxes, fontsize=7.5, ha="left", va="bottom",
             color=VERDICT_COLOR.get(r.verdict, GREY), fontweight="bold" if r.verdict == "unexpected" else "normal")

@@ -47,8 +47,8 @@ def render(t: Timings) -> list[str]:
                 + ([_fmt(None if r.spread is None else 100 * r.spread, ".2g")] if spread else []) for r in timed]
         headers = ["implementation", "op", "shape", "layout", "dtype", "ms", "ratio", "GB/s", "% copy"]
         headers += ["spread %"] if spread else []
-        out += fold(f"Every timed row ({len(timed)})", table(headers, rows, ["left"] * 5 + ["right"] * (len(headers) - 5),
-                                                            shrink=(0, 2)))
+        align = ["left"] * 5 + ["right"] * (len(headers) - 5)
+        out += fold(f"Every timed row ({len(timed)})", table(headers, rows, align, shrink=(0, 2)))
     failed: dict[tuple[str, str], list[str]] = {}
     for r in t.rows:
         if r.error is not None:

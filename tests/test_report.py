@@ -87,12 +87,15 @@ def test_markdown_matches_golden():
 
 def test_markdown_sections_and_escaping():
     md = report.render_markdown(_report())
-    for heading in ("## Plugins that failed to load", "## BatchNorm implementations", "## Fusion (conv-BN folding)",
+    for heading in ("## Findings", "## BatchNorm implementations", "## Fusion (conv-BN folding)",
                     "## Distributed (synchronised BatchNorm)", "## Timings"):
         assert heading in md
+    assert "**Plugins that failed to load:**" in md and "`implementations/broken.py`: ImportError" in md
+    assert md.index("| clean-one") < md.index("**Plugins that failed to load:**") < md.index("## Findings")
     assert "World sizes: 2, 3." in md
     assert "declined (cpu: needs CUDA tensors)" in md
-    assert "eps-ignored \\| flipped" in md            # a '|' inside a cell cannot break the table
+    assert "degrees of freedom is <= 0 \\| long" in md     # a '|' inside a cell cannot break the table
+    assert "matches the oracle with eps-ignored | flipped" in md     # evidence is a text block: as it was
     assert "`bncheck repro known-bugs:inverted-momentum`" in md
     assert md.index("## BatchNorm implementations") < md.index("## Fusion") < md.index("## Distributed")
 
@@ -111,12 +114,12 @@ def test_write_is_json_roundtrip(tmp_path):
 def test_warnings_counted_by_kind_in_markdown_and_json(tmp_path):
     rep = _report()
     md = report.render_markdown(rep)
-    assert "### Warnings" in md and "415 warning(s) (2 kind(s))" in md
+    assert "Warnings: 415, counted by kind" in md and "415 warning(s) (2 kind(s))" in md
     row = next(line for line in md.splitlines() if line.startswith("| known-bugs (415)"))
-    assert "UserWarning" in row and "degrees of freedom is <= 0 \\| long" in row and "..." in row
-    assert "implementations/known_bugs.py:31" in row and row.split()[-5:] == ["|", "412", "|", "forward",
-                                                                                        "|"]
-    assert md.count("### Warnings") == 1     # only the section whose implementations warned
+    assert "UserWarning" in row and "degrees of freedom is <= 0 \\| long" in row and "…" in row
+    cells = [c.strip() for c in row.strip("|").split(" | ")]
+    assert cells[:5] == ["known-bugs (415)", "412", "UserWarning", "implementations/known_bugs.py:31", "forward"]
+    assert md.count("Warnings: ") == 1     # only the section whose implementations warned
     _, js = report.write(rep, tmp_path)
     kinds = next(r for r in json.loads(js.read_text())["implementations"] if r["name"] == "known-bugs")["warnings"]
     assert [(k["category"], k["count"], k["property"]) for k in kinds] == [("UserWarning", 412, "forward"),
