@@ -71,8 +71,11 @@ def _panel(ax, r: Result) -> None:
 
 
 def errors_figure(rep: RunReport):
-    """One panel per implementation, a block of panels per kind; None when there are no implementations.
-    Panels are placed at fixed positions (no layout engine: fifty panels draw in a few seconds)."""
+    """One panel per implementation, a block of panels per kind; None when no implementation has a recorded
+    case (a run stored before the distribution was kept). Panels are placed at fixed positions (no layout
+    engine: fifty panels draw in a few seconds)."""
+    if not any(r.ratios.total for r in rep.implementations):
+        return None
     groups = [(title, [r for r in rep.implementations if r.kind == kind]) for kind, title in KINDS.items()]
     groups += [(kind, [r for r in rep.implementations if r.kind == kind])
                for kind in dict.fromkeys(r.kind for r in rep.implementations) if kind not in KINDS]

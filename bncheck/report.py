@@ -139,8 +139,10 @@ def _short(text: str, n: int) -> str:
 
 
 def _finding(r: Result, f) -> list[str]:
-    """One line (the <summary>); evidence, example and reproducer unfold below it."""
-    mark = MARK["unexpected"] if f.id in r.unexpected else MARK["as expected"]
+    """One line (the <summary>); evidence, example and reproducer unfold below it. An unexpected finding carries
+    its reproducer's source too (an expected one, its command: the report stays small)."""
+    unexpected = f.id in r.unexpected
+    mark = MARK["unexpected"] if unexpected else MARK["as expected"]
     ratio = "structural" if f.error_ratio is None else f"{_ratio(f.error_ratio)} × budget"
     probe = " (probe)" if f.source == "probe" else ""
     e = html.escape
@@ -148,12 +150,13 @@ def _finding(r: Result, f) -> list[str]:
             f" · <b>{ratio}</b> · {e(_short(f.example, 60))}")
     body = ["<details>", f"<summary>{line}</summary>", "", "```text", *[str(x) for x in f.evidence]]
     body += [f"minimal example: {f.example or '-'}", "```", ""]
-    if f.repro:
-        body += [f"Reproduce: `bncheck repro {r.name}:{f.id}`", "", "<details>",
-                 "<summary>the reproducer (a standalone script)</summary>", "", "```python", f.repro.rstrip(), "```",
-                 "", "</details>", ""]
-    else:
+    if not f.repro:
         body += ["No reproducer: the worker itself failed (crash or timeout).", ""]
+    else:
+        body += [f"Reproduce: `bncheck repro {r.name}:{f.id}`", ""]
+        if unexpected:
+            body += ["<details>", "<summary>the reproducer (a standalone script)</summary>", "", "```python",
+                     f.repro.rstrip(), "```", "", "</details>", ""]
     return body + ["</details>"]
 
 

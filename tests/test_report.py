@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from bncheck import report
-from bncheck.results import LoadFailure, Result, RunReport, Timings
+from bncheck.results import LoadFailure, Result, RunReport, TimingRow, Timings
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 
@@ -51,7 +51,15 @@ def _report():
     ]
     env = {"bncheck": "0.1.0", "torch": "2.13.0+cpu", "profile": "default", "seed": 0}
     errors = [LoadFailure("implementations/broken.py", "ImportError: no module named foo at broken.py:3")]
-    return report.build(env, impls, errors, Timings(markdown="| op | ms |\n|:--|--:|\n| fwd | 1.0 |"))
+    rows = [TimingRow("torch-native", "forward-train", "8x32x16x16", "nchw", "float32", 0.11, 1.0, 4.6, 19.2),
+            TimingRow("known-bugs", "forward-train", "8x32x16x16", "nchw", "float32", 0.22, 0.5, 2.3, 9.6,
+                      spread=0.04),
+            TimingRow("surprise", "forward-train", "8x32x16x16", "nchw", "float32",
+                      error="IndexError: Dimension out of range (expected to be in range of [-2, 1], but got 2)")]
+    header = {"device": "AMD EPYC", "device_type": "cpu", "torch": "2.13.0+cpu", "triton": None, "copy_gbps": 24.1,
+              "timer": "torch.utils.benchmark.Timer blocked_autorange median (2 threads)",
+              "bytes_model": "forward: 2*numel*E + per-channel vectors"}
+    return report.build(env, impls, errors, Timings(header, rows, "(the typed rows are rendered instead)"))
 
 
 def test_verdicts():

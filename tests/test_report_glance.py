@@ -134,7 +134,10 @@ def test_findings_are_one_line_each_with_evidence_and_reproducer_folded():
     block = md[md.index(summaries[0]):]
     block = block[:block.index("</details>\n</details>") if "</details>\n</details>" in block else None]
     assert "matches the oracle with running_var_unbiased=False" in block
-    assert "Reproduce: `bncheck repro " in block and "print('reproduces')" in block
+    assert "Reproduce: `bncheck repro " in block and "print('reproduces')" in block   # an unexpected one's source
+    expected = md[md.index(next(s for s in summaries if s.startswith("<summary>✓"))):]
+    expected = expected[:expected.index("</details>")]
+    assert "Reproduce: `bncheck repro " in expected and "print('reproduces')" not in expected
 
 
 def test_pictures_are_pngs_with_a_panel_per_implementation(tmp_path):
@@ -157,15 +160,20 @@ def test_pictures_are_pngs_with_a_panel_per_implementation(tmp_path):
     assert len(plots.timings_figure(rep.timings).axes) == 2 * 3      # ratio and GB/s per op
 
 
-def test_a_report_without_timings_or_ratios_still_draws():
-    rep = report.build({}, [Result("only", cases=3, declined_cases=3)], [])
+def test_a_report_without_timings_draws_its_errors_and_one_without_ratios_draws_none():
+    declined = Result("declined-all", cases=3, declined_cases=3)
+    rep = report.build({}, [Result("one", cases=3, ratios=_hist(3)), declined], [])
     pics = plots.render(rep)
     assert set(pics) == {"errors"} and pics["errors"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(plots.errors_figure(rep).axes) == 2            # the declined one: a panel saying so
+    assert plots.render(report.build({}, [declined], [])) == {}   # nothing recorded (an older stored run)
 
 
 def test_when_pictures_cannot_be_written_the_report_says_why(tmp_path):
     (tmp_path / "latest-errors.png").mkdir()                       # a directory where the picture goes
-    md, js = report.write(_small_report(), tmp_path, pictures=True)
+    rep = _small_report()
+    rep.implementations[0].ratios = _hist(10)
+    md, js = report.write(rep, tmp_path, pictures=True)
     text = md.read_text()
     assert "*Pictures not drawn: " in text and "Error" in text and "latest-errors.png)" not in text
     assert js.is_file() and "| clean-one" in text
