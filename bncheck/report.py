@@ -17,7 +17,7 @@ from pathlib import Path
 from .mdtable import WIDTH, cut, esc, fold, split, table
 from .results import SCHEMA_VERSION, Result, RunReport, Timings   # noqa: F401  (SCHEMA_VERSION re-exported)
 
-NAME_MIN = 16          # an implementation's name is cut only when a row would not fit otherwise, never shorter
+NAME_MAX = 36          # a longer implementation name is cut in the middle in the summary table (its ends kept)
 EXPECTED_OPEN = 12     # more expected findings than this are folded into one <details>
 
 
@@ -85,11 +85,20 @@ def _notes(r: Result, strict: bool) -> list[str]:
     return notes
 
 
+def _middle(name: str, n: int) -> str:
+    """``name`` in at most ``n`` characters: its start and its end (where versions and variants are told apart)."""
+    if len(name) <= n:
+        return name
+    head = (n - 1) // 2
+    return name[:head] + "…" + name[len(name) - (n - 1 - head):]
+
+
 def _summary(impls: list[Result], strict: bool) -> list[str]:
     """The summary table (one row per plugin, at most WIDTH columns) and, below it, notes too long for a cell."""
     headers = ["implementation", "kind", "verdict", "cases", "worst err/budget", "findings", "notes"]
     align = ["left", "left", "left", "right", "right", "right", "left"]
-    base = [[r.name, r.kind, _verdict(r.verdict), str(r.cases), _worst(r), str(len(r.findings))] for r in impls]
+    base = [[_middle(r.name, NAME_MAX), r.kind, _verdict(r.verdict), str(r.cases), _worst(r), str(len(r.findings))]
+            for r in impls]
     fixed = max(map(len, table(headers[:-1], base, align[:-1]).splitlines()))
     room = max(WIDTH - fixed - 3, 24)           # what is left for the notes column
     rows, footnotes = [], []
@@ -100,7 +109,7 @@ def _summary(impls: list[Result], strict: bool) -> list[str]:
             mark = f" [{len(footnotes)}]"
             notes = cut(notes, room - len(mark)) + mark
         rows.append(row + [notes or "-"])
-    out = [table(headers, rows, align, shrink=(0,), minimum=NAME_MIN)]    # a very long name is cut last
+    out = [table(headers, rows, align, shrink=(6,), minimum=24)]
     if footnotes:
         out += [""] + [f"- [{i}] {esc(n)}" for i, n in enumerate(footnotes, 1)]
     return out
