@@ -285,8 +285,8 @@ def render_markdown(rep: RunReport, pictures: dict[str, str] | None = None, pict
         lines += ["", f"*Pictures not drawn: {esc(pictures_note)}*"]
     if "errors" in pictures:
         lines += ["", "## Error / budget of every case", "",
-                  "Each panel: how many cases had each error/budget (log scale); the red line is the budget. "
-                  "A correct implementation sits far left of it; a bug shows as cases right of it.", "",
+                  "Each panel: how many cases had each error/budget (log scales); the dashed red line at 1 is the "
+                  "budget. A correct implementation sits far left of it; a bug shows as cases right of it.", "",
                   f"![error/budget of every case, per implementation]({pictures['errors']})"]
     for kind in SECTIONS:
         impls = [r for r in rep.implementations if r.kind == kind]
