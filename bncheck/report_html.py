@@ -26,6 +26,7 @@ details { margin: .25em 0; }
 details > summary { cursor: pointer; }
 details[open] { padding-bottom: .4em; }
 details[open] > summary { margin-bottom: .4em; }
+details > :not(summary) { margin-left: 1.3em; }
 img { max-width: 100%; }
 ul { padding-left: 2em; }
 """
