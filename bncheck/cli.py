@@ -1,4 +1,4 @@
-"""Command line: ``bncheck run | list | repro | bench``.
+"""Command line: ``bncheck run | list | repro | bench | report``.
 
 Exit status of ``run``: 0 when every implementation's findings equal its ``expect`` set (an expected id that neither
 the search nor its directed probe reproduces is a warning), 1 when a finding is unexpected, an expected one is not
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--report", default="reports/latest.json")
     rp.add_argument("--run", action="store_true", help="run the reproducer after printing it")
 
+    rr = sub.add_parser("report", help="re-render a stored run (a report's JSON) as Markdown or one HTML file")
+    rr.add_argument("file", metavar="FILE.json", help="a stored run, e.g. reports/latest.json")
+    rr.add_argument("--format", choices=("md", "html"), default="md",
+                    help="md: Markdown with its pictures next to it; html: one self-contained file (default: md)")
+    rr.add_argument("--out", default=None, metavar="PATH",
+                    help="where to write (default: FILE with the format's suffix; '-': standard output)")
+
     b = sub.add_parser("bench", help="time implementations against torch native")
     plugin_args(b)
     from . import bench
@@ -108,7 +115,7 @@ def cmd_run(args) -> int:
     results = runner.run_all(impls, **opts.run_kwargs())
     timings = _run_bench(args, reg, impls) if args.bench else None
     rep = report.build(_environment(args), results, reg.errors, timings, strict=args.strict)
-    md, js = report.write(rep, args.out)
+    md, js = report.write(rep, args.out, pictures=True)
     for r in rep.implementations:
         line = f"{r.name:<28} {r.verdict:<12} {len(r.findings)} finding(s)"
         if r.unexpected:
@@ -179,6 +186,35 @@ def cmd_repro(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report
+    from .results import RunReport
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file (a report's JSON, e.g. reports/latest.json)")
+    try:
+        rep = RunReport.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:   # JSON and Unicode errors are ValueErrors too
+        raise UsageError(f"{path}: not a bncheck report ({type(e).__name__}: {e})") from None
+    out = args.out or str(path.with_suffix("." + args.format))
+    if out != "-" and Path(out).resolve() == path.resolve():
+        raise UsageError(f"--out {out}: would overwrite the report it reads")
+    if args.format == "html":
+        from .report_html import render_html
+        text = render_html(rep)
+        if out == "-":
+            sys.stdout.write(text)
+            return 0
+        report._atomic_write(Path(out), text)
+    elif out == "-":
+        sys.stdout.write(report.render_markdown(rep))
+        return 0
+    else:
+        report.write_markdown(rep, out, pictures=True)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import bench, report
     reg = _registry(args)
@@ -198,7 +234,8 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)          # argparse exits 2 naming a bad flag or value
     try:
-        return {"run": cmd_run, "list": cmd_list, "repro": cmd_repro, "bench": cmd_bench}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "repro": cmd_repro, "bench": cmd_bench,
+                "report": cmd_report}[args.command](args)
     except UsageError as e:
         print(f"bncheck {args.command}: error: {e}", file=sys.stderr)
         return 2

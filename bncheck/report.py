@@ -1,19 +1,24 @@
-"""Reports: Markdown and JSON of a ``RunReport`` (no torch here), written atomically.
+"""Reports: Markdown and JSON of a ``RunReport`` (no torch here), written atomically, with pictures beside them.
 
-Verdicts are decided by ``Result.judge`` (see ``results.Result``); ``build`` judges every result and sets the
-run's exit status.
+The Markdown reads at a glance as a GitHub page or job summary: a one-line verdict, the summary table (no row
+wider than ``WIDTH`` columns), each finding as one line whose evidence and reproducer unfold in ``<details>``,
+the pictures, then per kind what was compared, with the longer tables folded away. Verdicts are decided by
+``Result.judge`` (see ``results.Result``); ``build`` judges every result and sets the run's exit status.
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 
-from tabulate import tabulate
-
+from .mdtable import WIDTH, cut, esc, fold, split, table
 from .results import SCHEMA_VERSION, Result, RunReport, Timings   # noqa: F401  (SCHEMA_VERSION re-exported)
+
+NAME_MAX = 36          # a longer implementation name is cut in the middle in the summary table (its ends kept)
+EXPECTED_OPEN = 12     # more expected findings than this are folded into one <details>
 
 
 def build(env: dict, impls: list[Result], load_errors: list, timings: Timings | None = None,
@@ -28,10 +33,6 @@ def _ratio(v) -> str:
     return f"{v:.3g}"
 
 
-def _esc(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", "<br>")
-
-
 SECTIONS = {   # plugin kind -> (section title, one line on what was compared)
     "batchnorm": ("BatchNorm implementations",
                   "Each implementation against the float64 oracle with torch semantics."),
@@ -41,45 +42,165 @@ SECTIONS = {   # plugin kind -> (section title, one line on what was compared)
              "Each rank's results against the single-process oracle on the concatenated global batch."),
 }
 
-
-def _summary(impls: list[Result], strict: bool = False) -> str:
-    rows = []
-    for r in impls:
-        worst_s = ", ".join(f"{k} {_ratio(v)}" for k, v in r.worst_ratio_by_dtype.items()) or "-"
-        notes = []
-        if r.unexpected:
-            notes.append("unexpected: " + ", ".join(r.unexpected))
-        if r.missing:
-            notes.append(("expected but not found: " if strict else "warning: expected but not reproduced: ")
-                         + ", ".join(r.missing))
-        if r.confirmed_by_probe:
-            notes.append("confirmed by probe: " + ", ".join(r.confirmed_by_probe))
-        declined = [f"{k}: {v[len('declined: '):]}" for k, v in r.capabilities.items()
-                    if str(v).startswith("declined") and r.verdict == "declined"]
-        notes += [f"declined ({_esc(d)})" for d in declined]
-        if r.verdict != "declined":   # a property whose every case was declined checked nothing: say so
-            unchecked = [name for name, p in r.properties.items() if p.cases and p.declined >= p.cases]
-            if unchecked:
-                notes.append("not checked (every case declined): " + ", ".join(unchecked))
-        warned = sum(k.count for k in r.warnings)
-        if warned:
-            notes.append(f"{warned} warning(s) ({len(r.warnings)} kind(s))")
-        rows.append([r.name, r.verdict, r.cases, worst_s, len(r.findings), "; ".join(notes) or "-", r.origin])
-    return tabulate(rows, headers=["implementation", "verdict", "cases", "worst error / budget by dtype",
-                                   "findings", "notes", "origin"], tablefmt="pipe")
+MARK = {"clean": "✓", "as expected": "✓", "not reproduced": "⚠", "unexpected": "✗", "declined": "○"}
+_DTYPE = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
-def _findings(impls: list[Result]) -> str:
-    frows = []
-    for r in impls:
-        for f in r.findings:
-            frows.append([r.name, f"`{f.id}`" + (" (probe)" if f.source == "probe" else ""), f.property,
-                          _esc(f.where + ": " + " / ".join(f.evidence)), _ratio(f.error_ratio), _esc(f.example),
-                          f"`bncheck repro {r.name}:{f.id}`" if f.repro else "-"])
-    if not frows:
-        return "No findings."
-    return tabulate(frows, headers=["implementation", "finding", "property", "evidence", "error / budget",
-                                    "minimal example", "reproducer"], tablefmt="pipe")
+def _verdict(v: str) -> str:
+    text = f"{MARK.get(v, '?')} {v}"
+    return f"**{text}**" if v == "unexpected" else text
+
+
+def _short_dtype(label: str) -> str:
+    return "+".join(_DTYPE.get(p, p) for p in str(label).split("+"))
+
+
+def _worst(r: Result) -> str:
+    """The worst error/budget over passing cases, with the dtype it was seen in."""
+    if not r.worst_ratio_by_dtype:
+        return "-"
+    dtype, v = max(r.worst_ratio_by_dtype.items(), key=lambda kv: math.inf if kv[1] is None else kv[1])
+    return f"{_ratio(v)} {_short_dtype(dtype)}"
+
+
+def _notes(r: Result, strict: bool) -> list[str]:
+    notes = []
+    if r.unexpected:
+        notes.append("unexpected: " + ", ".join(r.unexpected))
+    if r.missing:
+        notes.append(("expected but not found: " if strict else "warning: expected but not reproduced: ")
+                     + ", ".join(r.missing))
+    if r.confirmed_by_probe:
+        notes.append("confirmed by probe: " + ", ".join(r.confirmed_by_probe))
+    if r.verdict == "declined":
+        notes += [f"declined ({k}: {v[len('declined: '):]})" for k, v in r.capabilities.items()
+                  if str(v).startswith("declined")]
+    else:                      # a property whose every case was declined checked nothing: say so
+        unchecked = [name for name, p in r.properties.items() if p.cases and p.declined >= p.cases]
+        if unchecked:
+            notes.append("not checked (every case declined): " + ", ".join(unchecked))
+    warned = sum(k.count for k in r.warnings)
+    if warned:
+        notes.append(f"{warned} warning(s) ({len(r.warnings)} kind(s))")
+    return notes
+
+
+def _middle(name: str, n: int) -> str:
+    """``name`` in at most ``n`` characters: its start and its end (where versions and variants are told apart)."""
+    if len(name) <= n:
+        return name
+    head = (n - 1) // 2
+    return name[:head] + "…" + name[len(name) - (n - 1 - head):]
+
+
+def _summary(impls: list[Result], strict: bool) -> list[str]:
+    """The summary table (one row per plugin, at most WIDTH columns) and, below it, notes too long for a cell."""
+    headers = ["implementation", "kind", "verdict", "cases", "worst err/budget", "findings", "notes"]
+    align = ["left", "left", "left", "right", "right", "right", "left"]
+    base = [[_middle(r.name, NAME_MAX), r.kind, _verdict(r.verdict), str(r.cases), _worst(r), str(len(r.findings))]
+            for r in impls]
+    fixed = max(map(len, table(headers[:-1], base, align[:-1]).splitlines()))
+    room = max(WIDTH - fixed - 3, 24)           # what is left for the notes column
+    rows, footnotes = [], []
+    for r, row in zip(impls, base):
+        notes = "; ".join(_notes(r, strict))
+        if len(esc(notes)) > room:
+            footnotes.append(f"{r.name}: {notes}")
+            mark = f" [{len(footnotes)}]"
+            notes = cut(notes, room - len(mark)) + mark
+        rows.append(row + [notes or "-"])
+    out = [table(headers, rows, align, shrink=(6,), minimum=24)]
+    if footnotes:
+        out += [""] + [f"- [{i}] {esc(n)}" for i, n in enumerate(footnotes, 1)]
+    return out
+
+
+def _headline(rep: RunReport) -> str:
+    counts = {}
+    for r in rep.implementations:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    parts = [_verdict(v).replace(v, f"{counts[v]} {v}") for v in
+             ("unexpected", "not reproduced", "as expected", "clean", "declined") if counts.get(v)]
+    if rep.load_errors:
+        parts.append(f"**✗ {len(rep.load_errors)} plugin(s) failed to load**")
+    parts.append(f"exit status {rep.exit_status}")
+    return " · ".join(parts)
+
+
+def _environment(env: dict) -> list[str]:
+    """One line of the short settings; longer ones folded below it."""
+    short = {k: v for k, v in env.items() if not isinstance(v, (dict, list)) and len(str(v)) <= 40}
+    line = " · ".join(f"{k} `{v}`" for k, v in short.items())
+    rest = {k: v for k, v in env.items() if k not in short}
+    if not rest:
+        return [line]
+    items = [f"- {k}: `{json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}`" for k, v in rest.items()]
+    return [line, "", "<details><summary>More of the environment</summary>", "", *items, "", "</details>"]
+
+
+def _short(text: str, n: int) -> str:
+    """``text`` cut at a word to at most ``n`` characters."""
+    text = str(text) or "-"
+    if len(text) <= n:
+        return text
+    head = text[:n - 1]
+    return (head.rsplit(" ", 1)[0] if " " in head else head) + " …"
+
+
+def _finding(r: Result, f) -> list[str]:
+    """One line (the <summary>); evidence, example and reproducer unfold below it. An unexpected finding carries
+    its reproducer's source too (an expected one, its command: the report stays small)."""
+    unexpected = f.id in r.unexpected
+    mark = MARK["unexpected"] if unexpected else MARK["as expected"]
+    ratio = "structural" if f.error_ratio is None else f"{_ratio(f.error_ratio)} × budget"
+    probe = " (probe)" if f.source == "probe" else ""
+    e = html.escape
+    line = (f"{mark} <b>{e(r.name)}</b> <code>{e(f.id)}</code>{probe} in {e(f.property)}: {e(f.where)}"
+            f" · <b>{ratio}</b> · {e(_short(f.example, 60))}")
+    body = ["<details>", f"<summary>{line}</summary>", "", "```text", *[str(x) for x in f.evidence]]
+    body += [f"minimal example: {f.example or '-'}", "```", ""]
+    if not f.repro:
+        body += ["No reproducer: the worker itself failed (crash or timeout).", ""]
+    else:
+        body += [f"Reproduce: `bncheck repro {r.name}:{f.id}`", ""]
+        if unexpected:
+            body += ["<details>", "<summary>the reproducer (a standalone script)</summary>", "", "```python",
+                     f.repro.rstrip(), "```", "", "</details>", ""]
+    return body + ["</details>"]
+
+
+def _findings(impls: list[Result]) -> list[str]:
+    unexpected = [(r, f) for r in impls for f in r.findings if f.id in r.unexpected]
+    expected = [(r, f) for r in impls for f in r.findings if f.id not in r.unexpected]
+    missing = [(r, fid) for r in impls for fid in r.missing]
+    if not (unexpected or expected or missing):
+        return ["No findings."]
+    out = []
+    if unexpected:
+        out += [f"**✗ {len(unexpected)} unexpected** (not in the plugin's `expect`):", ""]
+        for r, f in unexpected:
+            out += _finding(r, f)
+        out.append("")
+    if missing:
+        out += [f"⚠ {len(missing)} expected but not reproduced: "
+                + ", ".join(f"{r.name}: `{fid}`" for r, fid in missing), ""]
+    if expected:
+        head = f"✓ {len(expected)} expected (declared in the plugin's <code>expect</code>)"
+        lines = [line for r, f in expected for line in _finding(r, f)]
+        if len(expected) > EXPECTED_OPEN:
+            out += ["<details>", f"<summary>{head}; one line each</summary>", "", *lines, "", "</details>"]
+        else:
+            out += [f"{head}:", "", *lines]
+    return out
+
+
+def _by_dtype(impls: list[Result]) -> str | None:
+    dtypes = sorted({d for r in impls for d in r.worst_ratio_by_dtype}, key=lambda d: (len(d), d))
+    if not dtypes:
+        return None
+    rows = [[r.name] + [_ratio(r.worst_ratio_by_dtype[d]) if d in r.worst_ratio_by_dtype else "-" for d in dtypes]
+            for r in impls]
+    return split(["implementation"] + dtypes, rows, ["left"] + ["right"] * len(dtypes))
 
 
 def _where(where: str) -> str:
@@ -90,81 +211,136 @@ def _where(where: str) -> str:
     return "/".join(path.replace("\\", "/").split("/")[-2:]) + ":" + line
 
 
-def _warnings(impls: list[Result]) -> str | None:
+def _warnings(impls: list[Result]) -> tuple[int, str] | None:
     """Per implementation, the number of warnings and the first of each kind; None when there were none."""
     rows = []
     for r in impls:
         total = sum(k.count for k in r.warnings)
         for i, k in enumerate(r.warnings):
-            msg = " ".join(str(k.message).split())
-            msg = msg if len(msg) <= 120 else msg[:117] + "..."
-            rows.append([f"{r.name} ({total})" if i == 0 else "", k.category, _esc(msg), _esc(_where(k.where)),
-                         k.count, k.property or "-"])
+            rows.append([f"{r.name} ({total})" if i == 0 else "", str(k.count), k.category, _where(k.where),
+                         k.property or "-", " ".join(str(k.message).split())])
     if not rows:
         return None
-    return tabulate(rows, headers=["implementation (warnings)", "category", "message", "where", "count",
-                                   "first seen in"], tablefmt="pipe")
+    text = table(["implementation (warnings)", "count", "category", "where", "first seen in", "message"], rows,
+                 ["left", "right", "left", "left", "left", "left"], shrink=(5, 3, 0), minimum=24)
+    return sum(k.count for r in impls for k in r.warnings), text
 
 
-def render_markdown(rep: RunReport) -> str:
-    lines = ["# bncheck report", ""]
-    lines += [f"- {k}: `{v}`" for k, v in rep.environment.items()]
-    if rep.load_errors:
-        lines += ["", "## Plugins that failed to load", ""]
-        lines.append(tabulate([[e.origin, _esc(e.message)] for e in rep.load_errors],
-                              headers=["origin", "error"], tablefmt="pipe"))
-    for kind, (title, what) in SECTIONS.items():
-        impls = [r for r in rep.implementations if r.kind == kind]
-        if not impls:
+def _capabilities(impls: list[Result]) -> list[str]:
+    """Per plugin, the configurations it declines or fails to build, grouped by reason."""
+    out, everything = [], []
+    for r in impls:
+        if r.capabilities and all(v == "yes" for v in r.capabilities.values()):
+            everything.append(r.name)
             continue
-        wall = sum(r.seconds or 0.0 for r in impls)
-        lines += ["", f"## {title}", "", f"{what} Checking took {wall:.1f} s of worker time.", ""]
-        if kind == "sync":
-            sizes = sorted({w for r in impls for w in r.world_sizes})
-            if sizes:
-                lines[-2] = lines[-2] + f" World sizes: {', '.join(map(str, sizes))}."
-        lines.append(_summary(impls, rep.strict))
-        lines += ["", "### Findings", "", _findings(impls)]
-        warned = _warnings(impls)
-        if warned:
-            lines += ["", "### Warnings", "", "Warnings raised while checking, counted by kind (category, message, "
-                      "where) and not printed; the first of each kind.", "", warned]
-        caps = [r for r in impls if r.capabilities and kind == "batchnorm"]
-        if caps:
-            lines += ["", "### Capabilities", "",
-                      "Configurations each builder accepts (declined ones are skipped and listed, not bugs).", ""]
-            keys = list(caps[0].capabilities)
-            crow = [[r.name] + [_cap(r.capabilities.get(k, "")) for k in keys] for r in caps]
-            lines.append(tabulate(crow, headers=["implementation"] + keys, tablefmt="pipe"))
+        reasons: dict[str, list[str]] = {}
+        for k, v in r.capabilities.items():
+            if v != "yes":
+                reasons.setdefault(str(v) or "not tried", []).append(k)
+        if reasons:
+            out.append(f"- **{r.name}**")
+            out += [f"  - {', '.join(ks)}: {why}" for why, ks in reasons.items()]
+    if everything:
+        out.append("- accept every configuration tried: " + ", ".join(everything))
+    return out
+
+
+def _kind_section(kind: str, impls: list[Result]) -> list[str]:
+    title, what = SECTIONS[kind]
+    wall = sum(r.seconds or 0.0 for r in impls)
+    line = f"{what} Checking took {wall:.1f} s of worker time."
+    if kind == "sync":
+        sizes = sorted({w for r in impls for w in r.world_sizes})
+        if sizes:
+            line += f" World sizes: {', '.join(map(str, sizes))}."
+    out = ["", f"## {title}", "", line]
+    by_dtype = _by_dtype(impls)
+    if by_dtype:
+        out += fold("Worst error / budget by dtype (passing cases)", by_dtype)
+    warned = _warnings(impls)
+    if warned:
+        total, text = warned
+        out += fold(f"Warnings: {total}, counted by kind (category, message, where) and not printed",
+                     ["The first of each kind.", "", text])
+    caps = _capabilities(impls)
+    if caps:
+        out += fold("Capabilities: configurations each builder declines (skipped and listed, not bugs)", caps)
+    out += fold("Where each plugin came from", [f"- {r.name}: `{r.origin or '?'}`" for r in impls])
+    return out
+
+
+def render_markdown(rep: RunReport, pictures: dict[str, str] | None = None, pictures_note: str = "") -> str:
+    """The report. ``pictures``: picture name (``errors``, ``timings``) -> where the Markdown links it (a file
+    name next to the report, or a data URI); ``pictures_note``: why there are none, when drawing them failed."""
+    from . import report_timings
+    pictures = pictures or {}
+    lines = ["# bncheck report", "", _headline(rep), "", *_environment(rep.environment), ""]
+    lines += _summary(rep.implementations, rep.strict)
+    if rep.load_errors:
+        lines += ["", "**Plugins that failed to load:**", ""]
+        lines += [f"- ✗ `{e.origin}`: {esc(e.message)}" for e in rep.load_errors]
+    if rep.implementations:
+        lines += ["", "## Findings", "", *_findings(rep.implementations)]
+    if pictures_note:
+        lines += ["", f"*Pictures not drawn: {esc(pictures_note)}*"]
+    if "errors" in pictures:
+        lines += ["", "## Error / budget of every case", "",
+                  "Each panel: how many cases had each error/budget (log scales); the dashed red line at 1 is the "
+                  "budget. A correct implementation sits far left of it; a bug shows as cases right of it.", "",
+                  f"![error/budget of every case, per implementation]({pictures['errors']})"]
+    for kind in SECTIONS:
+        impls = [r for r in rep.implementations if r.kind == kind]
+        if impls:
+            lines += _kind_section(kind, impls)
     if rep.timings:
-        lines += ["", "## Timings", "", rep.timings.markdown]
+        lines += ["", "## Timings", ""]
+        if "timings" in pictures:
+            lines += [f"![time and bandwidth against torch native]({pictures['timings']})", ""]
+        lines += report_timings.render(rep.timings)
     lines.append("")
     return "\n".join(lines)
 
 
-def _cap(v: str) -> str:
-    if v == "yes":
-        return "yes"
-    if v.startswith("declined"):
-        return "declined"
-    return "error" if v else "?"
-
-
-def _atomic_write(path: Path, text: str):
+def _atomic_write(path: Path, text: str | bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
-def write(rep: RunReport, out_dir: str | os.PathLike, stem: str = "latest") -> tuple[Path, Path]:
+def write_pictures(rep: RunReport, out_dir: str | os.PathLike, stem: str) -> tuple[dict[str, str], str]:
+    """Draw the pictures next to the report: (picture name -> file name, why none were drawn)."""
+    try:
+        from . import plots
+        drawn = plots.render(rep)
+        links = {}
+        for name, png in drawn.items():
+            path = Path(out_dir) / f"{stem}-{name}.png"
+            _atomic_write(path, png)
+            links[name] = path.name
+        return links, ""
+    except Exception as e:                       # the report is written without them, saying why
+        return {}, f"{type(e).__name__}: {e}"
+
+
+def write_markdown(rep: RunReport, path: str | os.PathLike, pictures: bool = True) -> Path:
+    """The Markdown report at ``path``; with ``pictures``, its pictures next to it (``<stem>-errors.png``,
+    ``<stem>-timings.png``), linked from it (when drawing fails, it says why)."""
+    path = Path(path)
+    links, why = write_pictures(rep, path.parent, path.stem) if pictures else ({}, "")
+    _atomic_write(path, render_markdown(rep, links, why))
+    return path
+
+
+def write(rep: RunReport, out_dir: str | os.PathLike, stem: str = "latest",
+          pictures: bool = False) -> tuple[Path, Path]:
+    """``stem``.json and ``stem``.md in ``out_dir`` (see ``write_markdown`` for ``pictures``)."""
     out = Path(out_dir)
-    md, js = out / f"{stem}.md", out / f"{stem}.json"
+    js = out / f"{stem}.json"
     _atomic_write(js, json.dumps(rep.to_json(), indent=2, sort_keys=False, default=str) + "\n")
-    _atomic_write(md, render_markdown(rep))
-    return md, js
+    return write_markdown(rep, out / f"{stem}.md", pictures), js

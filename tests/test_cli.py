@@ -21,7 +21,8 @@ def test_clean_reference_exits_0_and_writes_reports(tmp_path):
     assert rep["schema_version"] == 1 and rep["exit_status"] == 0
     (impl,) = rep["implementations"]
     assert impl["name"] == "torch-bn2d" and impl["verdict"] == "clean" and impl["cases"] > 0
-    assert "| torch-bn2d" in (tmp_path / "latest.md").read_text()
+    md = (tmp_path / "latest.md").read_text()
+    assert "| torch-bn2d" in md and "](latest-errors.png)" in md and (tmp_path / "latest-errors.png").is_file()
 
 
 def test_unexpected_finding_exits_1(tmp_path):
@@ -124,7 +125,8 @@ def test_probes_confirm_expected_findings_a_short_search_missed(tmp_path):
         assert impl["verdict"] == "as expected", (impl["name"], impl["missing"], impl["unexpected"])
         probed = [f for f in impl["findings"] if f["source"] == "probe"]
         assert probed and all("confirmed by the directed probe" in f["evidence"][-1] and f["repro"] for f in probed)
-    assert "confirmed by probe: " in r.stdout and "`nan-inf` (probe)" in (tmp_path / "latest.md").read_text()
+    assert "confirmed by probe: " in r.stdout
+    assert "<code>nan-inf</code> (probe)" in (tmp_path / "latest.md").read_text()
 
 
 @pytest.mark.slow

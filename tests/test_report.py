@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from bncheck import report
-from bncheck.results import LoadFailure, Result, RunReport, Timings
+from bncheck.results import LoadFailure, Result, RunReport, TimingRow, Timings
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 
@@ -51,7 +51,15 @@ def _report():
     ]
     env = {"bncheck": "0.1.0", "torch": "2.13.0+cpu", "profile": "default", "seed": 0}
     errors = [LoadFailure("implementations/broken.py", "ImportError: no module named foo at broken.py:3")]
-    return report.build(env, impls, errors, Timings(markdown="| op | ms |\n|:--|--:|\n| fwd | 1.0 |"))
+    rows = [TimingRow("torch-native", "forward-train", "8x32x16x16", "nchw", "float32", 0.11, 1.0, 4.6, 19.2),
+            TimingRow("known-bugs", "forward-train", "8x32x16x16", "nchw", "float32", 0.22, 0.5, 2.3, 9.6,
+                      spread=0.04),
+            TimingRow("surprise", "forward-train", "8x32x16x16", "nchw", "float32",
+                      error="IndexError: Dimension out of range (expected to be in range of [-2, 1], but got 2)")]
+    header = {"device": "AMD EPYC", "device_type": "cpu", "torch": "2.13.0+cpu", "triton": None, "copy_gbps": 24.1,
+              "timer": "torch.utils.benchmark.Timer blocked_autorange median (2 threads)",
+              "bytes_model": "forward: 2*numel*E + per-channel vectors"}
+    return report.build(env, impls, errors, Timings(header, rows, "(the typed rows are rendered instead)"))
 
 
 def test_verdicts():
@@ -87,12 +95,15 @@ def test_markdown_matches_golden():
 
 def test_markdown_sections_and_escaping():
     md = report.render_markdown(_report())
-    for heading in ("## Plugins that failed to load", "## BatchNorm implementations", "## Fusion (conv-BN folding)",
+    for heading in ("## Findings", "## BatchNorm implementations", "## Fusion (conv-BN folding)",
                     "## Distributed (synchronised BatchNorm)", "## Timings"):
         assert heading in md
+    assert "**Plugins that failed to load:**" in md and "`implementations/broken.py`: ImportError" in md
+    assert md.index("| clean-one") < md.index("**Plugins that failed to load:**") < md.index("## Findings")
     assert "World sizes: 2, 3." in md
     assert "declined (cpu: needs CUDA tensors)" in md
-    assert "eps-ignored \\| flipped" in md            # a '|' inside a cell cannot break the table
+    assert "degrees of freedom is <= 0 \\| long" in md     # a '|' inside a cell cannot break the table
+    assert "matches the oracle with eps-ignored | flipped" in md     # evidence is a text block: as it was
     assert "`bncheck repro known-bugs:inverted-momentum`" in md
     assert md.index("## BatchNorm implementations") < md.index("## Fusion") < md.index("## Distributed")
 
@@ -111,12 +122,12 @@ def test_write_is_json_roundtrip(tmp_path):
 def test_warnings_counted_by_kind_in_markdown_and_json(tmp_path):
     rep = _report()
     md = report.render_markdown(rep)
-    assert "### Warnings" in md and "415 warning(s) (2 kind(s))" in md
+    assert "Warnings: 415, counted by kind" in md and "415 warning(s) (2 kind(s))" in md
     row = next(line for line in md.splitlines() if line.startswith("| known-bugs (415)"))
-    assert "UserWarning" in row and "degrees of freedom is <= 0 \\| long" in row and "..." in row
-    assert "implementations/known_bugs.py:31" in row and row.split()[-5:] == ["|", "412", "|", "forward",
-                                                                                        "|"]
-    assert md.count("### Warnings") == 1     # only the section whose implementations warned
+    assert "UserWarning" in row and "degrees of freedom is <= 0 \\| long" in row and "…" in row
+    cells = [c.strip() for c in row.strip("|").split(" | ")]
+    assert cells[:5] == ["known-bugs (415)", "412", "UserWarning", "implementations/known_bugs.py:31", "forward"]
+    assert md.count("Warnings: ") == 1     # only the section whose implementations warned
     _, js = report.write(rep, tmp_path)
     kinds = next(r for r in json.loads(js.read_text())["implementations"] if r["name"] == "known-bugs")["warnings"]
     assert [(k["category"], k["count"], k["property"]) for k in kinds] == [("UserWarning", 412, "forward"),
