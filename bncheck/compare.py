@@ -329,7 +329,7 @@ def _output_form(cmp: Comparison, k: int, sc: Scenario, x: torch.Tensor, y: torc
     if y.device != x.device:
         cmp.add(Discrepancy(k, "output device", math.inf, f"output on {y.device}, input on {x.device}",
                             finding="output-shape"))
-    if sc.layout == "channels_last" and y.dim() == sc.rank and y.layout == torch.strided and y.device == x.device:
+    if sc.layout == "channels_last" and y.shape == x.shape and y.layout == torch.strided and y.device == x.device:
         fmt = torch.channels_last if sc.rank == 4 else torch.channels_last_3d
         if not y.is_contiguous(memory_format=fmt):
             cmp.add(Discrepancy(k, "output layout", math.inf, f"channels_last input, output strides "

@@ -209,6 +209,11 @@ def probe_rank(impl: Implementation, sc: Scenario, base: Knobs):
     return None
 
 
+def _normalised_with_running_stats(sc: Scenario, step: int) -> bool:
+    """Step ``step`` (0-based) normalises with the running statistics: an eval step that tracks them."""
+    return sc.track_running_stats and 0 <= step < len(sc.steps) and not sc.steps[step].train
+
+
 def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
     """(finding id, evidence) for a crash seen on ``sc``."""
     if sc.momentum is None and _runs(_run(impl, sc.with_(momentum=0.1), base)):
@@ -387,6 +392,9 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             if drift_step is not None and d.step >= drift_step and any(
                     x.finding == "state-shape-drift" for x in cmp.discrepancies):
                 continue   # computed from statistics the oracle cannot read: the drift is the cause
+            if _normalised_with_running_stats(sc, d.step) and any(
+                    x.finding == "state-shape-drift" and x.step <= d.step for x in cmp.discrepancies):
+                continue   # running statistics of another shape (e.g. (1, C, 1, 1)) broadcast into the output
             # a semantic bug can change the output's shape (statistics broadcast against the wrong axis): a knob
             # setting that reproduces the shape and the values names it
             fields = frozenset({"output"} | {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})

@@ -45,3 +45,15 @@ def test_a_fixed_factor_is_momentum_ignored_even_where_it_equals_the_inverted_mo
 @pytest.mark.parametrize("momentum", [0.9, 0.3])
 def test_an_inverted_momentum_stays_inverted_momentum(momentum):
     assert _named(_zoo("zoo-inverted-momentum"), momentum) == {"inverted-momentum"}
+
+
+def test_running_statistics_kept_as_1c11_name_the_drift_not_a_wrong_shape_or_layout():
+    """seed-000 keeps its statistics as (1, C, 1, 1): in eval at rank 5 they broadcast into a (N, C, C, H, W)
+    output. That is the state's shape drift (declared), not a separate output-shape or layout-not-preserved bug;
+    a wrong-shaped output has no memory format to compare. At the quick profile, seed 0 drew exactly that case."""
+    import bncheck
+    seed_000 = Path(__file__).parent.parent / "implementations" / "seed_000.py"
+    r = bncheck.check(str(seed_000), profile="quick", seed=0)
+    assert "state-shape-drift" in r.ids and not r.ids & {"output-shape", "layout-not-preserved"}, \
+        [f.line() for f in r.findings]
+    assert r.verdict == "as expected", (r.unexpected, r.missing)
