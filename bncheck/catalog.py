@@ -77,6 +77,8 @@ _ENTRIES = [
     Entry("layout-not-preserved", "output memory format differs from the input's (channels_last in, contiguous out)"),
     Entry("nan-inf", "NaN/Inf where torch gives finite values"),
     Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),
+    Entry("error-type", "rejects input torch rejects, but raises another exception type (an `except` for torch's "
+          "misses it)"),
     Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),
     Entry("crash", "raises where torch works"),
     Entry("timeout", "does not return within the time limit where torch works"),

@@ -388,6 +388,9 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             if _crashes(_run(impl, bigger, base)):
                 fid, why = classify_crash(impl, bigger, base)
                 add(fid, d, [d.detail, why])
+            else:
+                add("error-type", d, [d.detail, f"the same step on a larger batch {bigger.shape} with eps "
+                                                f"{bigger.eps:g} runs: it is torch's rejection, with another type"])
         elif d.finding == "output-shape":
             if drift_step is not None and d.step >= drift_step and any(
                     x.finding == "state-shape-drift" for x in cmp.discrepancies):

@@ -115,6 +115,8 @@ PROBES: dict[str, Probe] = {
     # one value per channel in training
     "missing-error": _probe("errors", _sc(2, shape=(1, 3), steps=(T,)), _sc(4, shape=(1, 3, 1, 1), steps=(T,)),
                             _sc(3, shape=(1, 3, 1), steps=(T,))),
+    "error-type": _probe("errors", _sc(2, shape=(1, 3), steps=(T,)), _sc(4, shape=(1, 3, 1, 1), steps=(T,)),
+                         _sc(3, shape=(1, 3, 1), steps=(T,))),
 }
 NO_PROBE = {"timeout"}
 

@@ -716,6 +716,11 @@ def test_missing_error_exposed():
     assert isinstance(r.error, ValueError) and g.error is None
 
 
+def test_wrong_error_type_exposed():
+    _, _, (r,), (g,) = one_train_step(M.WrongErrorType, Cfg(ndim=2, batches=(1,)))
+    assert isinstance(r.error, ValueError) and isinstance(g.error, RuntimeError) and not isinstance(g.error, ValueError)
+
+
 def test_affine_false_crash_exposed():
     _, _, (r,), (g,) = one_train_step(M.AffineFalseCrash, Cfg(affine=False))
     assert r.error is None and isinstance(g.error, AttributeError)
@@ -766,6 +771,7 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
     "non-contiguous-crash": [Cfg(), Cfg(ndim=5, spatial=2), Cfg(ndim=2, batch=8)],
     "rank-unsupported": [Cfg(ndim=2, batch=8), Cfg(ndim=3), Cfg(ndim=4)],
     "missing-error": [Cfg(), Cfg(ndim=2, batches=(1, 1), steps=(("eval", True), ("eval", False)))],
+    "wrong-error-type": [Cfg(), Cfg(ndim=2, batches=(1, 1), steps=(("eval", True), ("eval", False)))],
     "affine-false-crash": [Cfg(affine=True), Cfg(track=False)],
     "flatten-view-crash": [Cfg(), Cfg(channels_last=True), Cfg(ndim=5, spatial=2, channels_last=True),
                            Cfg(ndim=2, batch=8), Cfg(xdtype=torch.float16, channels_last=True),

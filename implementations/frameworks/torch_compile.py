@@ -19,6 +19,9 @@ Honesty of the compiled path:
   (``Tensor.item()``, torch/nn/modules/batchnorm.py ``_BatchNorm.forward``), which Dynamo cannot capture; with
   ``fullgraph=True`` it raises, and without it the graph breaks and BatchNorm runs eagerly, so no compiled code
   would be checked.
+- ``error-type`` (expected): where torch rejects an input (one value per channel in training, eps <= 0), the
+  compiled module rejects it too, but the ``ValueError`` is raised while Dynamo traces with fake tensors and comes
+  out wrapped as ``torch._dynamo.exc.TorchRuntimeError`` (a ``RuntimeError``): ``except ValueError`` misses it.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def _backend_missing(device_type: str) -> str | None:
     return None
 
 
-@bncheck.implementation("torch-compile-bn")
+@bncheck.implementation("torch-compile-bn", expect={"error-type"})
 def build(spec: bncheck.Spec) -> torch.nn.Module:
     if spec.momentum is None:
         raise bncheck.Unsupported("torch.compile cannot capture momentum=None (1/num_batches_tracked is read "

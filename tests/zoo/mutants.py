@@ -412,6 +412,17 @@ class MissingError(ScratchBN):
         pass
 
 
+class WrongErrorType(ScratchBN):
+    """Rejects one value per channel in training, as torch does, but with a RuntimeError instead of a ValueError."""
+    finding = "error-type"
+
+    def _check_batch_size(self, x):
+        try:
+            super()._check_batch_size(x)
+        except ValueError as e:
+            raise RuntimeError(str(e)) from None
+
+
 class AffineFalseCrash(ScratchBN):
     """Applies weight and bias unconditionally, so affine=False raises AttributeError."""
     finding = "crash"
@@ -490,6 +501,7 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "rank-unsupported": RankUnsupported,
     "rank3-reshape-scrambled": Rank3ReshapeScrambled,
     "missing-error": MissingError,
+    "wrong-error-type": WrongErrorType,
     "affine-false-crash": AffineFalseCrash,
     "flatten-view-crash": FlattenViewCrash,
     "stats-updated-before-eval-output": StatsUpdatedBeforeEvalOutput,
