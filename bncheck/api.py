@@ -114,8 +114,28 @@ def write_reproducer(f: FindingResult, name: str, directory: str | None = None) 
     d = Path(directory or tempfile.mkdtemp(prefix="bncheck-repro-"))
     d.mkdir(parents=True, exist_ok=True)
     path = d / (re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}_{f.id}") + ".py")
-    path.write_text(f.repro)
+    path.write_text(_with_import_path(f.repro))
     return path
+
+
+def _with_import_path(repro: str) -> str:
+    """The reproducer, made to import what the checking process could: its own import-path entries that are
+    project folders (a pytest rootdir, ``pythonpath = ["."]``, a script's folder; not the interpreter's or
+    site-packages), put first, so ``python FILE`` runs from anywhere."""
+    import sys
+    import sysconfig
+    system = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    system |= {Path(p).resolve() for p in sysconfig.get_paths().values() if p}
+    extra = []
+    for entry in sys.path:
+        p = Path(entry or os.getcwd()).resolve()
+        if p.is_dir() and not any(p == s or p.is_relative_to(s) for s in system) and "site-packages" not in p.parts \
+                and str(p) not in extra:
+            extra.append(str(p))
+    if not extra or "\nimport sys\n" not in repro:
+        return repro
+    head, _, tail = repro.partition("\nimport sys\n")
+    return f"{head}\nimport sys\nsys.path[:0] = {extra!r}   # the checking process's project folders\n{tail}"
 
 
 # -- what the target is -------------------------------------------------------------------------------------------
@@ -131,7 +151,7 @@ def resolve(target, *, kind: str | None = None, expect=_UNSET, name: str | None 
     elif isinstance(target, (str, os.PathLike)):
         impl = _by_name_or_file(target, name)
     elif callable(target) and getattr(target, "__bncheck_impl__", None) is not None:
-        impl = target.__bncheck_impl__
+        impl = _by_file_too(target.__bncheck_impl__, target)
     elif callable(target):
         impl = _plain(target, kind, name, state, override or frozenset(), isolate)
     else:
@@ -142,6 +162,18 @@ def resolve(target, *, kind: str | None = None, expect=_UNSET, name: str | None 
     if override is not None:
         impl = replace(impl, expect=override)
     return impl
+
+
+def _by_file_too(impl: Implementation, build) -> Implementation:
+    """A decorated builder whose module was imported by name (a test module pytest imported): re-loaded by name
+    or, where that name does not import (a reproducer run elsewhere), from its file."""
+    if not impl.source.startswith("module:") or not getattr(inspect.getmodule(build), "__file__", None):
+        return impl
+    try:
+        return replace(impl, source=object_source(build, impl.name, impl.kind, impl.expect, impl.state,
+                                                  impl.options))
+    except Exception:
+        return impl
 
 
 def infer_kind(fn) -> tuple[str, dict]:
