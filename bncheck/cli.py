@@ -91,9 +91,10 @@ def _environment(args) -> dict:
     import torch
     dev = args.device
     name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or platform.machine())
+    from . import provenance
     return {"bncheck": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__,
             "python": platform.python_version(), "device": f"{dev} ({name})", "profile": args.profile,
-            "seed": args.seed}
+            "seed": args.seed, **provenance.collect()}
 
 
 def cmd_run(args) -> int:
