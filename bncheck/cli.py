@@ -164,7 +164,8 @@ def cmd_run(args) -> int:
     if baseline is None:
         return rep.exit_status
     from . import diff
-    d = diff.compare(baseline, rep, args.baseline, str(js))
+    same = Path(args.baseline).resolve() == js.resolve()
+    d = diff.compare(baseline, rep, args.baseline + (" (before this run)" if same else ""), str(js))
     print(_write_diff(d, Path(args.out) / "diff.md", Path(args.out) / "diff.json"))
     return max(rep.exit_status, d.exit_status)
 

@@ -303,6 +303,12 @@ def _cut(s, n: int = MAX_CELL) -> str:
     return s if len(s) <= n else s[:n - 3] + "..."
 
 
+def _tail(s, n: int) -> str:
+    """A path cut from the left, so its file name stays."""
+    s = _cut(s, 10 ** 6)
+    return s if len(s) <= n else "..." + s[-(n - 3):]
+
+
 def _r(v) -> str:
     return "inf" if v is None or math.isinf(v) else f"{v:.3g}"
 
@@ -328,8 +334,8 @@ def _short_commit(c) -> str:
 
 def render_markdown(d: RunDiff) -> str:
     lines = ["# bncheck diff", ""]
-    lines.append(_table([[k, _cut(a, 60), _cut(b, 60)] for k, a, b in (
-        ("report", d.base.label, d.head.label),
+    lines.append(_table([["report", _tail(d.base.label, 60), _tail(d.head.label, 60)]] + [
+        [k, _cut(a, 60), _cut(b, 60)] for k, a, b in (
         ("commit", _short_commit(d.base.commit), _short_commit(d.head.commit)),
         ("datetime", d.base.datetime or "not recorded", d.head.datetime or "not recorded"),
         ("machine", d.base.machine_text(), d.head.machine_text()),
