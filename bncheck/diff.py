@@ -29,8 +29,8 @@ What is compared, per implementation present in both runs (by name):
   0.3): 0 moves reported, against 5 with each timing's own spread alone; on such a machine the threshold is 6x or
   more, which is what its timings can support. A timing without a recorded spread (an older report, a single timed
   block) is held to ``TIMING_UNKNOWN_FACTOR`` (1.5x). Timings from different machines (processor, cores, system
-  differ) are compared, and the header warns that their moves compare different hardware. Timing moves never set
-  the exit status.
+  differ) are compared, and the header warns that their moves compare different hardware. A timing BASE measured
+  and HEAD could not (an error) is listed. Timing moves never set the exit status.
 
 The header states what is compared: each side's commit, time, machine, profile, seed and device, with a warning when
 the profiles, seeds, devices or machines differ. Exit status (``RunDiff.exit_status``): 1 when HEAD has a new
@@ -151,6 +151,7 @@ class RunDiff:
     new_load_errors: list[str] = field(default_factory=list)
     worst: list[WorstMove] = field(default_factory=list)
     timings: list[TimingMove] = field(default_factory=list)
+    timing_errors: list[str] = field(default_factory=list)   # timed in BASE, an error in HEAD
     compared: int = 0                  # implementations in both runs
     unchanged: int = 0                 # of those, with the same findings and verdict
     timings_compared: int = 0          # timing rows with a ratio in both runs
@@ -187,7 +188,7 @@ class RunDiff:
         r.worst = [WorstMove(x["implementation"], x["dtype"], _inf(x["base"]), _inf(x["head"]))
                    for x in d.get("worst", [])]
         r.timings = [known(TimingMove, x) for x in d.get("timings", [])]
-        for k in ("warnings", "added", "removed", "new_load_errors"):
+        for k in ("warnings", "added", "removed", "new_load_errors", "timing_errors"):
             setattr(r, k, list(d.get(k, [])))
         for k in ("compared", "unchanged", "timings_compared"):
             setattr(r, k, int(d.get(k, 0)))
@@ -255,6 +256,8 @@ def _timings(base: RunReport, head: RunReport, d: RunDiff) -> None:
     b_floor, h_floor = run_spread(base.timings.rows), run_spread(head.timings.rows)
     for key, h in h_rows.items():
         b = b_rows.get(key)
+        if b is not None and b.time_ms and h.error:
+            d.timing_errors.append(f"{' '.join(key)}: {h.error}")
         if h.implementation == NATIVE or b is None or not b.ratio or not h.ratio:
             continue
         d.timings_compared += 1
@@ -380,6 +383,7 @@ def render_markdown(d: RunDiff) -> str:
               _x(t.factor), f"{t.threshold:.2f}x" + ("" if t.spread_known else " (no spread)")]
              for t in d.timings],
             ["implementation", "op", "shape", "layout", "dtype", "BASE", "HEAD", "change", "threshold"])
+    section("Timed in BASE, an error in HEAD", [[_cut(e, 150)] for e in d.timing_errors], ["timing"])
     lines.append("")
     return "\n".join(lines)
 

@@ -151,6 +151,12 @@ def test_timing_move_within_the_spread_is_not_reported_a_real_one_is(tmp_path):
     assert d.exit_status == 0
     md = diff.render_markdown(d)
     assert "## Timing ratios" in md and "1.50x" in md
+    # a timing that now fails is named
+    rows = timing_rows({"a": 1.0, "b": 1.0}, 0.01)
+    rows[-1].time_ms, rows[-1].ratio, rows[-1].error = None, None, "RuntimeError: boom"
+    _, head = stored(tmp_path, "head.json", report([impl("a")], rows))
+    d = diff.compare(base, head)
+    assert d.timing_errors == ["b forward-train 2x4x6x6 nc float32: RuntimeError: boom"] and d.timings == []
 
 
 def test_a_quiet_row_in_a_noisy_run_is_held_to_the_runs_noise(tmp_path):
