@@ -105,9 +105,9 @@ def _relative_iqr(q25: float, q50: float, q75: float) -> float | None:
 
 
 def _make_timer(device, rep_ms: float | None = None):
-    """``(timer(fn) -> (median milliseconds, relative interquartile range), description)``; ``rep_ms`` is the time spent measuring each function
-    (CUDA: do_bench's ``rep``, with a quarter of it as warm-up, default 100 ms; CPU: blocked_autorange's
-    ``min_run_time``, default 200 ms)."""
+    """``(timer(fn) -> (median milliseconds, relative interquartile range), description)``; ``rep_ms`` is the time
+    spent measuring each function (CUDA: do_bench's ``rep``, with a quarter of it as warm-up, default 100 ms; CPU:
+    blocked_autorange's ``min_run_time``, default 200 ms)."""
     import torch
     if device.type == "cuda":
         rep = float(rep_ms or 100.0)

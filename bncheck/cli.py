@@ -4,7 +4,9 @@ Exit status of ``run``: 0 when every implementation's findings equal its ``expec
 the search nor its directed probe reproduces is a warning), 1 when a finding is unexpected, an expected one is not
 reproduced under ``--strict``, or a plugin failed to load; 2 for usage errors. With ``--baseline FILE`` the run is
 also compared with that stored report (``bncheck.diff``), and the exit status is the larger of the run's and the
-comparison's (1 on a finding that is new since the baseline and not expected).
+comparison's. A finding new since the baseline and not expected is also unexpected in the run, so that is the run's
+own status: the comparison adds which failures are new, and never hides one that was already there. A baseline
+that is missing or not a report is a usage error before anything is checked.
 
 Exit status of ``diff``: 1 when HEAD has a finding that BASE has not and that is not in its implementation's
 ``expect`` set, otherwise 0; 2 for usage errors (a missing file, a file that is not a bncheck report).
@@ -64,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--world-size", action="append", default=[], type=int, metavar="R",
                    help=f"world sizes for sync plugins, repeatable (default: {' '.join(map(str, WORLD_SIZES))})")
     r.add_argument("--baseline", default=None, metavar="FILE",
-                   help="a stored report (latest.json of an earlier run) to compare this run with: writes diff.md and "
-                        "diff.json next to the report; exit 1 also on a new unexpected finding. Read before the run, "
-                        "so it may be the report this run overwrites")
+                   help="a stored report (latest.json of an earlier run) to compare this run with: prints the diff and "
+                        "writes diff.md and diff.json next to the report (exit status: the larger of the run's and the "
+                        "diff's). Read before the run, so it may be the report this run overwrites")
 
     ls = sub.add_parser("list", help="list discovered implementations")
     plugin_args(ls)

@@ -389,5 +389,5 @@ def render_markdown(d: RunDiff) -> str:
 
 
 __all__ = ["RunDiff", "Side", "FindingChange", "VerdictChange", "WorstMove", "TimingMove", "compare",
-           "render_markdown", "worst_moved", "timing_threshold", "run_spread", "WORST_FACTOR", "WORST_FLOOR", "TIMING_K",
-           "TIMING_MIN_FACTOR", "TIMING_UNKNOWN_FACTOR"]
+           "render_markdown", "worst_moved", "timing_threshold", "run_spread", "WORST_FACTOR", "WORST_FLOOR",
+           "TIMING_K", "TIMING_MIN_FACTOR", "TIMING_UNKNOWN_FACTOR"]
