@@ -245,3 +245,20 @@ def test_run_with_baseline_writes_the_diff_next_to_the_report(tmp_path):
     r = bncheck(*tiny, "--out", str(tmp_path / "o"), "--baseline", str(empty))
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path / "o" / "diff.json").read_text())["added"] == ["torch-functional"]
+
+
+def test_the_workflows_bncheck_commands_parse():
+    """Every `bncheck run` line of the CI workflow, with the job's PROFILE and BENCH, is a valid command line."""
+    import re
+    import shlex
+
+    from bncheck.cli import _parser
+    text = (ROOT / ".github" / "workflows" / "bncheck.yml").read_text()
+    env = dict(re.findall(r"^\s+(PROFILE|BENCH): ([^#\n]*)", text, re.M))
+    assert set(env) == {"PROFILE", "BENCH"}
+    lines = [line.split(".venv/bin/bncheck", 1)[1] for line in text.splitlines() if ".venv/bin/bncheck run" in line]
+    assert len(lines) == 2 and any("--baseline baseline/latest.json" in line for line in lines)
+    for line in lines:
+        line = line.replace('"$PROFILE"', env["PROFILE"].strip()).replace("$BENCH", env["BENCH"].strip())
+        args = _parser().parse_args(shlex.split(line))
+        assert args.command == "run" and args.profile == "default" and args.out == "reports" and args.bench
