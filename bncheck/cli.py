@@ -168,7 +168,7 @@ def cmd_run(args) -> int:
     from . import diff
     same = Path(args.baseline).resolve() == js.resolve()
     d = diff.compare(baseline, rep, args.baseline + (" (before this run)" if same else ""), str(js))
-    print(_write_diff(d, Path(args.out) / "diff.md", Path(args.out) / "diff.json"))
+    print(_write_diff(d, Path(args.out) / "diff.md", Path(args.out) / "diff.json"), end="")
     return max(rep.exit_status, d.exit_status)
 
 
