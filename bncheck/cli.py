@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(see `bncheck bench --shapes`) and put the table in the report")
     r.add_argument("--bench-impl", action="append", default=[], metavar="NAME",
                    help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation)")
+    r.add_argument("--baseline", default=None, metavar="FILE",
+                   help="a stored report (latest.json of an earlier run) to compare this run with: prints the diff and "
+                        "writes diff.md and diff.json next to the report (exit status: the larger of the run's and the "
+                        "diff's). Read before the run, so it may be the report this run overwrites")
     r.add_argument("--kind", action="append", default=[], choices=KINDS,
                    help="only plugins of this kind, repeatable (default: all)")
     r.add_argument("--strict", action="store_true",
@@ -65,10 +69,6 @@ def _parser() -> argparse.ArgumentParser:
                         "(exit 1; otherwise it is a warning)")
     r.add_argument("--world-size", action="append", default=[], type=int, metavar="R",
                    help=f"world sizes for sync plugins, repeatable (default: {' '.join(map(str, WORLD_SIZES))})")
-    r.add_argument("--baseline", default=None, metavar="FILE",
-                   help="a stored report (latest.json of an earlier run) to compare this run with: prints the diff and "
-                        "writes diff.md and diff.json next to the report (exit status: the larger of the run's and the "
-                        "diff's). Read before the run, so it may be the report this run overwrites")
 
     ls = sub.add_parser("list", help="list discovered implementations")
     plugin_args(ls)
