@@ -9,7 +9,9 @@ Every implementation is timed on the same tensors for three operations:
 
 Timers: on CUDA ``triton.testing.do_bench`` (median of runs after a warm-up, the L2 cache flushed before each run;
 CUDA events with an explicit flush when triton is missing); on the CPU ``torch.utils.benchmark.Timer``'s
-``blocked_autorange`` median.
+``blocked_autorange`` median. Each row also records ``spread``, the measurement's relative interquartile range
+((q75 - q25) / median of the individual runs: do_bench's quantiles, the CUDA events' sorted times, the CPU
+Measurement's ``iqr`` over its blocks): the noise a comparison of two runs (``bncheck diff``) must allow for.
 
 Bytes model (for the effective bandwidth): the minimal traffic each operation must have with memory, with ``E`` the
 input's element size, ``P`` the parameters' and ``numel`` the input's size:
@@ -98,17 +100,25 @@ def bytes_moved(op: str, numel: int, C: int, elem: int, pelem: int) -> int:
 # timing
 
 
+def _relative_iqr(q25: float, q50: float, q75: float) -> float | None:
+    return (q75 - q25) / q50 if q50 > 0 else None
+
+
 def _make_timer(device, rep_ms: float | None = None):
-    """``(timer(fn) -> median milliseconds, description)``; ``rep_ms`` is the time spent measuring each function
-    (CUDA: do_bench's ``rep``, with a quarter of it as warm-up, default 100 ms; CPU: blocked_autorange's
-    ``min_run_time``, default 200 ms)."""
+    """``(timer(fn) -> (median milliseconds, relative interquartile range), description)``; ``rep_ms`` is the time
+    spent measuring each function (CUDA: do_bench's ``rep``, with a quarter of it as warm-up, default 100 ms; CPU:
+    blocked_autorange's ``min_run_time``, default 200 ms)."""
     import torch
     if device.type == "cuda":
         rep = float(rep_ms or 100.0)
         try:
             from triton.testing import do_bench
-            return (lambda fn: float(do_bench(fn, warmup=max(1, int(rep / 4)), rep=max(1, int(rep)),
-                                              return_mode="median")),
+
+            def triton_timer(fn):
+                q25, q50, q75 = (float(q) for q in do_bench(fn, warmup=max(1, int(rep / 4)), rep=max(1, int(rep)),
+                                                            quantiles=[0.25, 0.5, 0.75]))
+                return q50, _relative_iqr(q25, q50, q75)
+            return (triton_timer,
                     f"triton.testing.do_bench median ({rep:.0f} ms of runs after {rep / 4:.0f} ms of warm-up, "
                     f"L2 flushed before each run)")
         except Exception:
@@ -126,14 +136,17 @@ def _make_timer(device, rep_ms: float | None = None):
                     b.record()
                     b.synchronize()
                     times.append(a.elapsed_time(b))
-                return sorted(times)[len(times) // 2]
+                times.sort()
+                q = [times[min(len(times) - 1, int(f * len(times)))] for f in (0.25, 0.5, 0.75)]
+                return q[1], _relative_iqr(*q)
             return cuda_events, "CUDA events median of 50 (5 warm-up runs, L2 flushed before each run)"
     from torch.utils.benchmark import Timer
     min_run_time = (rep_ms or 200.0) / 1e3
 
     def cpu(fn):
         fn()   # warm-up (and first-call work)
-        return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+        m = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+        return m.median * 1e3, (m.iqr / m.median if m.median > 0 and len(m.times) > 1 else None)   # over blocks
     return cpu, f"torch.utils.benchmark.Timer blocked_autorange median ({torch.get_num_threads()} threads)"
 
 
@@ -143,7 +156,7 @@ def copy_bandwidth(device, timer, nbytes: int | None = None) -> float:
     nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (64 << 20))
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
+    ms, _ = timer(lambda: dst.copy_(src))
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -171,7 +184,7 @@ def _native(spec):
 
 
 def _time_ops(module, x, dy, timer) -> dict:
-    """{op: milliseconds or an error string}."""
+    """{op: (milliseconds, relative spread) or an error string}."""
     import torch
     out = {}
     for op in OPS:
@@ -247,15 +260,16 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
                     t = times[op]
                     row = dict(implementation=name, op=op, shape="x".join(map(str, shape)), layout=layout,
                                dtype=str(dtype).replace("torch.", ""), time_ms=None, ratio=None, gbps=None,
-                               pct_copy=None, error=None)
-                    if isinstance(t, float) and t > 0:
+                               pct_copy=None, error=None, spread=None)
+                    if isinstance(t, tuple) and t[0] > 0:
+                        t, row["spread"] = t
                         nbytes = bytes_moved(op, numel, C, x.element_size(), 4)
                         row.update(time_ms=t, gbps=nbytes / (t * 1e-3) / 1e9)
                         row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
-                        if isinstance(base.get(op), float):
-                            row["ratio"] = base[op] / t
+                        if isinstance(base.get(op), tuple):
+                            row["ratio"] = base[op][0] / t
                     else:
-                        row["error"] = str(t)
+                        row["error"] = t if isinstance(t, str) else f"non-positive time {t[0]!r} ms"
                     rows.append(row)
             del x, dy
     return {"header": header, "rows": rows}

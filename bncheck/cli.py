@@ -1,8 +1,15 @@
-"""Command line: ``bncheck run | list | repro | bench | report``.
+"""Command line: ``bncheck run | list | repro | bench | report | diff``.
 
 Exit status of ``run``: 0 when every implementation's findings equal its ``expect`` set (an expected id that neither
 the search nor its directed probe reproduces is a warning), 1 when a finding is unexpected, an expected one is not
-reproduced under ``--strict``, or a plugin failed to load; 2 for usage errors.
+reproduced under ``--strict``, or a plugin failed to load; 2 for usage errors. With ``--baseline FILE`` the run is
+also compared with that stored report (``bncheck.diff``), and the exit status is the larger of the run's and the
+comparison's. A finding new since the baseline and not expected is also unexpected in the run, so that is the run's
+own status: the comparison adds which failures are new, and never hides one that was already there. A baseline
+that is missing or not a report is a usage error before anything is checked.
+
+Exit status of ``diff``: 1 when HEAD has a finding that BASE has not and that is not in its implementation's
+``expect`` set, otherwise 0; 2 for usage errors (a missing file, a file that is not a bncheck report).
 """
 from __future__ import annotations
 
@@ -44,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(see `bncheck bench --shapes`) and put the table in the report")
     r.add_argument("--bench-impl", action="append", default=[], metavar="NAME",
                    help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation)")
+    r.add_argument("--baseline", default=None, metavar="FILE",
+                   help="a stored report (latest.json of an earlier run) to compare this run with: prints the diff and "
+                        "writes diff.md and diff.json next to the report (exit status: the larger of the run's and the "
+                        "diff's). Read before the run, so it may be the report this run overwrites")
     r.add_argument("--kind", action="append", default=[], choices=KINDS,
                    help="only plugins of this kind, repeatable (default: all)")
 
@@ -61,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="md: Markdown with its pictures next to it; html: one self-contained file (default: md)")
     rr.add_argument("--out", default=None, metavar="PATH",
                     help="where to write (default: FILE with the format's suffix; '-': standard output)")
+
+    d = sub.add_parser("diff", help="compare two stored reports: new and fixed findings, verdicts, worst ratios, "
+                                    "timings (exit 1 on a new unexpected finding)")
+    d.add_argument("base", metavar="BASE.json", help="the earlier report (e.g. the main branch's)")
+    d.add_argument("head", metavar="HEAD.json", help="the later report")
+    d.add_argument("--md", default=None, metavar="FILE", help="also write the Markdown here")
+    d.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON here")
 
     b = sub.add_parser("bench", help="time implementations against torch native")
     plugin_args(b)
@@ -86,9 +104,10 @@ def _environment(args) -> dict:
     import torch
     dev = args.device
     name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or platform.machine())
+    from . import provenance
     return {"bncheck": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__,
             "python": platform.python_version(), "device": f"{dev} ({name})", "profile": args.profile,
-            "seed": args.seed}
+            "seed": args.seed, **provenance.collect()}
 
 
 def cmd_run(args) -> int:
@@ -99,6 +118,7 @@ def cmd_run(args) -> int:
         raise UsageError(str(e)) from None
     if args.bench:
         _bench_shapes(args.bench)
+    baseline = _load_report(args.baseline, "--baseline") if args.baseline else None
     reg = _registry(args)
     unknown = [n for n in args.bench_impl if n not in reg.implementations]
     if unknown:
@@ -127,7 +147,50 @@ def cmd_run(args) -> int:
             line += f"  confirmed by probe: {', '.join(r.confirmed_by_probe)}"
         print(line)
     print(f"wrote {md} and {js}")
-    return rep.exit_status
+    if baseline is None:
+        return rep.exit_status
+    from . import diff
+    same = Path(args.baseline).resolve() == js.resolve()
+    d = diff.compare(baseline, rep, args.baseline + (" (before this run)" if same else ""), str(js))
+    print(_write_diff(d, Path(args.out) / "diff.md", Path(args.out) / "diff.json"), end="")
+    return max(rep.exit_status, d.exit_status)
+
+
+def _load_report(path, what: str):
+    """A stored report, or a UsageError naming ``what`` and the path."""
+    from .results import RunReport
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: " + ("not a file" if p.exists() else "no such file"))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} {path}: not JSON, so not a bncheck report ({e})") from None
+    try:
+        return RunReport.from_json(data)
+    except ValueError as e:         # names what is missing or too new
+        raise UsageError(f"{what} {path}: {e}") from None
+    except (TypeError, KeyError, AttributeError) as e:
+        raise UsageError(f"{what} {path}: not a bncheck report ({type(e).__name__}: {e})") from None
+
+
+def _write_diff(d, md_path, json_path) -> str:
+    """Write the comparison's Markdown and JSON (either path may be None); returns the Markdown."""
+    from . import diff, report
+    md = diff.render_markdown(d)
+    if md_path:
+        report._atomic_write(Path(md_path), md)
+    if json_path:
+        report._atomic_write(Path(json_path), json.dumps(d.to_json(), indent=2) + "\n")
+    return md
+
+
+def cmd_diff(args) -> int:
+    from . import diff
+    base, head = _load_report(args.base, "BASE"), _load_report(args.head, "HEAD")
+    d = diff.compare(base, head, args.base, args.head)
+    print(_write_diff(d, args.md, args.json), end="")
+    return d.exit_status
 
 
 def _bench_shapes(spec: str) -> None:
@@ -235,7 +298,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)          # argparse exits 2 naming a bad flag or value
     try:
         return {"run": cmd_run, "list": cmd_list, "repro": cmd_repro, "bench": cmd_bench,
-                "report": cmd_report}[args.command](args)
+                "report": cmd_report, "diff": cmd_diff}[args.command](args)
     except UsageError as e:
         print(f"bncheck {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ import torch  # noqa: E402
 import bncheck  # noqa: E402
 from bncheck import bench as B  # noqa: E402
 
-ROW_KEYS = {"implementation", "op", "shape", "layout", "dtype", "time_ms", "ratio", "gbps", "pct_copy", "error"}
+ROW_KEYS = {"implementation", "op", "shape", "layout", "dtype", "time_ms", "ratio", "gbps", "pct_copy", "error",
+            "spread"}
 
 
 class Scale(torch.nn.Module):
@@ -51,6 +52,11 @@ def test_bench_rows_and_render():
             assert r["error"] is None, r
             for k in ("time_ms", "ratio", "gbps", "pct_copy"):
                 assert isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0, (k, r)
+            # the relative interquartile range of the timed blocks: a noise level (None: a single block was timed,
+            # which a loaded machine can give at rep_ms=10)
+            assert r["spread"] is None or (isinstance(r["spread"], float) and math.isfinite(r["spread"])
+                                           and r["spread"] >= 0), r
+    assert any(isinstance(r["spread"], float) for r in rows)
     assert all(r["ratio"] == 1.0 for r in by_impl[B.NATIVE])
     assert all(r["time_ms"] is None and r["error"].startswith("unsupported") for r in by_impl["gap"])
     assert {r["layout"] for r in rows} == {"nc", "nchw", "nhwc"}
