@@ -22,7 +22,7 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     dbias       K * g(n) * [u_in * sum|dy| + u_p * |dbias|]
 
     fused conv  K * g(n) * u * [(|W'| conv |x|)_e + |s_c b_c| + |s_c mean_c| + |beta_c|] + K * u * |y_e|
-                (a folded conv-BN, ``bncheck.fusion_check``: u of the conv's dtype, n = C_in/groups * prod(kernel) + 1;
+                (a folded conv-BN, ``bncheck.folding.check``: u of the conv's dtype, n = C_in/groups * prod(kernel) + 1;
                 covers rounding W' and b' to the dtype and the conv's own accumulation, even where b' cancels)
 
 Where the terms come from (first order in u; m, v the exact batch mean and biased variance, m', v', s' computed):

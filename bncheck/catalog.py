@@ -82,7 +82,7 @@ _ENTRIES = [
     Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),
     Entry("crash", "raises where torch works"),
     Entry("timeout", "does not return within the time limit where torch works"),
-    # Conv-BN folding (knobs: bncheck.fold.FoldKnobs of the float64 fold reference)
+    # Conv-BN folding (knobs: bncheck.folding.fold.FoldKnobs of the float64 fold reference)
     Entry("fold-transposed-axis", "scales the wrong weight axis for a transposed convolution", kind="fusion",
           knobs=({"scale_axis": "dim0"}, {"scale_axis": "flat-rows"})),
     Entry("fold-eps-ignored", "folds without eps (or with a different constant)", kind="fusion",
@@ -97,7 +97,7 @@ _ENTRIES = [
                  {"conv_bias": "ignored"}, {"beta_mode": "ignored"}, {"beta_mode": "scaled"},
                  {"scale_form": "no-sqrt"}, {"scale_form": "eps-outside"}, {"scale_form": "no-weight"})),
     # Synchronised BatchNorm
-    # (knobs of the float64 sync reference, bncheck/sync_reference.py: SyncKnobs)
+    # (knobs of the float64 sync reference, bncheck/sync/reference.py: SyncKnobs)
     Entry("sync-mean-of-variances", "global variance taken as the mean of per-rank variances", kind="sync",
           knobs=({"var_merge": "mean-of-variances"}, {"var_merge": "mean-of-variances", "backward": "autograd"})),
     Entry("sync-uneven-batch", "rank statistics averaged without weighting by local batch size", kind="sync",

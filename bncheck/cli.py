@@ -176,12 +176,13 @@ def _load_report(path, what: str):
 
 def _write_diff(d, md_path, json_path) -> str:
     """Write the comparison's Markdown and JSON (either path may be None); returns the Markdown."""
-    from . import diff, report
+    from . import diff
+    from .report.markdown import _atomic_write
     md = diff.render_markdown(d)
     if md_path:
-        report._atomic_write(Path(md_path), md)
+        _atomic_write(Path(md_path), md)
     if json_path:
-        report._atomic_write(Path(json_path), json.dumps(d.to_json(), indent=2) + "\n")
+        _atomic_write(Path(json_path), json.dumps(d.to_json(), indent=2) + "\n")
     return md
 
 
@@ -251,6 +252,7 @@ def cmd_repro(args) -> int:
 
 def cmd_report(args) -> int:
     from . import report
+    from .report.markdown import _atomic_write
     from .results import RunReport
     path = Path(args.file)
     if not path.is_file():
@@ -263,12 +265,12 @@ def cmd_report(args) -> int:
     if out != "-" and Path(out).resolve() == path.resolve():
         raise UsageError(f"--out {out}: would overwrite the report it reads")
     if args.format == "html":
-        from .report_html import render_html
+        from .report.html import render_html
         text = render_html(rep)
         if out == "-":
             sys.stdout.write(text)
             return 0
-        report._atomic_write(Path(out), text)
+        _atomic_write(Path(out), text)
     elif out == "-":
         sys.stdout.write(report.render_markdown(rep))
         return 0
@@ -279,7 +281,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench, report
+    from . import bench
+    from .report.markdown import _atomic_write
     reg = _registry(args)
     try:
         result = bench.run_from_args(args, reg)
@@ -287,8 +290,8 @@ def cmd_bench(args) -> int:
         raise UsageError(str(e)) from None
     md = bench.render_markdown(result)
     out = Path(args.out)
-    report._atomic_write(out / "bench.md", md)
-    report._atomic_write(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
+    _atomic_write(out / "bench.md", md)
+    _atomic_write(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
     print(md)
     return 0
 

@@ -157,9 +157,9 @@ def _plugin_dir(config):
 
 def property_names(kind: str, selected=()) -> list[str]:
     if kind == "fusion":
-        from .fusion_check import PROPERTIES
+        from .folding.check import PROPERTIES
     elif kind == "sync":
-        from .distributed import PROPERTIES
+        from .sync.check import PROPERTIES
     else:
         from .properties import PROPERTIES
         return [p.name for p in PROPERTIES if not selected or p.name in selected]

@@ -25,8 +25,8 @@ PROPERTY_TIMEOUT_S = 240.0      # no progress (no run of a scenario finished) fo
 # check does not take are left out (e.g. ``world_sizes`` only reaches the distributed check).
 CHECKS = {
     "batchnorm": ("bncheck.search", "check_implementation"),
-    "fusion": ("bncheck.fusion_check", "check_fusion"),
-    "sync": ("bncheck.distributed", "check_sync"),
+    "fusion": ("bncheck.folding.check", "check_fusion"),
+    "sync": ("bncheck.sync.check", "check_sync"),
 }
 
 

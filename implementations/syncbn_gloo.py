@@ -1,6 +1,6 @@
-"""bncheck's synchronised BatchNorm (bncheck/syncbn.py): any backend, any input rank. It must come out clean."""
+"""bncheck's synchronised BatchNorm (bncheck/sync/syncbn.py): any backend, any input rank. It must come out clean."""
 import bncheck
-from bncheck.syncbn import SyncBatchNorm
+from bncheck.sync.syncbn import SyncBatchNorm
 
 
 @bncheck.sync_implementation("bncheck-syncbn")

@@ -1,4 +1,5 @@
-"""BatchNorm written in Triton (bncheck.triton_bn). On a machine without CUDA it runs in the Triton interpreter."""
+"""BatchNorm written in Triton (bncheck.kernels.triton_bn). On a machine without CUDA it runs in the Triton
+interpreter."""
 import os
 
 import torch
@@ -14,8 +15,8 @@ def build(spec: bncheck.Spec) -> torch.nn.Module:
     if spec.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise bncheck.Unsupported(f"triton-bn computes in float32; {spec.dtype} parameters are not supported")
     try:
-        from bncheck import triton_kernels
-        from bncheck.triton_bn import TritonBatchNorm
+        from bncheck.kernels import triton_kernels
+        from bncheck.kernels.triton_bn import TritonBatchNorm
     except Exception as e:   # triton missing or broken: a declared gap, not a bug
         raise bncheck.Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
     if triton_kernels.UNUSABLE:

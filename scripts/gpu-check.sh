@@ -211,7 +211,7 @@ BNCHECK=("$VPY" -m bncheck)
 
 # -- environment --------------------------------------------------------------------------------------------------
 step env "$T_ENV" "could not read the environment" \
-    "$VPY" -m bncheck.gpu_report environment --device "$DEVICE" --out "$LOGS/environment.json"
+    "$VPY" -m bncheck.gpu.report environment --device "$DEVICE" --out "$LOGS/environment.json"
 if [ "$MODE" = cuda ] && command -v nvidia-smi >/dev/null; then
     nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1
 fi
@@ -282,7 +282,7 @@ for f in "$GPU_DIR"/compile/*/latest.json; do
     [ -f "$f" ] && RUN_REPORTS+=(--compile "$f")
 done
 step report "$T_REPORT" "the report could not be written" \
-    "$VPY" -m bncheck.gpu_report build --mode "$MODE" --env "$LOGS/environment.json" --steps "$STEPS" \
+    "$VPY" -m bncheck.gpu.report build --mode "$MODE" --env "$LOGS/environment.json" --steps "$STEPS" \
     ${RUN_REPORTS[@]+"${RUN_REPORTS[@]}"} --bench "$GPU_DIR/bench.json" \
     --smallc-min-rows "$SMALLC_MIN_ROWS" --out "$GPU_DIR"
 sed -n '/^target /p; /^wrote /p' "$LOGS/report.log"

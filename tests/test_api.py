@@ -100,3 +100,17 @@ def test_kind_is_read_from_the_signature():
     assert infer_kind(fold) == ("fusion", {"form": "module"})
     assert infer_kind(fold_weights) == ("fusion", {"form": "weights"})
     assert infer_kind(sync) == ("sync", {})
+
+
+def test_no_module_of_the_package_shadows_a_public_name():
+    # importing a submodule binds it as an attribute of its package: a subpackage named like a public name
+    # (``bncheck.fusion`` is the decorator) would replace that name once anything imports it
+    probe = ("import importlib, inspect, pkgutil, bncheck\n"
+             "before = {n: getattr(bncheck, n) for n in bncheck.__all__}\n"
+             "for m in pkgutil.walk_packages(bncheck.__path__, 'bncheck.'):\n"
+             "    if not m.name.endswith('__main__'):\n"
+             "        importlib.import_module(m.name)\n"
+             "print(sorted(n for n, v in before.items() if getattr(bncheck, n) is not v or inspect.ismodule(v)))\n")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

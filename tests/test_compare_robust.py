@@ -253,7 +253,7 @@ def test_statistics_broadcast_wrongly_on_rank_3_are_findings_and_later_propertie
 # -- the other comparison paths: folded convolutions and synchronised BatchNorm --------------------------------
 
 def _folded(change):
-    from bncheck.fold import fold_conv_bn
+    from bncheck.folding.fold import fold_conv_bn
 
     def fold(conv, bn):
         fused = fold_conv_bn(conv, bn)
@@ -274,7 +274,7 @@ FOLDS = {   # a folded module that misbehaves: the category its problem must hav
 
 
 def test_a_misbehaving_folded_module_is_a_problem_never_an_exception():
-    from bncheck.fusion_cases import FoldScenario, evaluate
+    from bncheck.folding.cases import FoldScenario, evaluate
     sc = FoldScenario(c_in=2, c_out=3, kernel=(3, 3), spatial=(5, 5), seed=1)
     for name, (change, category) in FOLDS.items():
         out = evaluate(_folded(change), sc)
@@ -284,7 +284,7 @@ def test_a_misbehaving_folded_module_is_a_problem_never_an_exception():
 def test_a_malformed_rank_result_is_a_sync_discrepancy_never_an_exception():
     import numpy as np
 
-    from bncheck import sync_reference as R
+    from bncheck.sync import reference as R
     sc = R.SyncScenario(shards=(2, 3), channels=3, spatial=(4,), steps=(True, False))
     data = R.materialize(sc)
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from bncheck import runner
-from bncheck.distributed import check_sync, run_scenario, script, uneven_shards
+from bncheck.sync.check import check_sync, run_scenario, script, uneven_shards
 from bncheck.ranks import RankPool, free_port
 from bncheck.registry import discover
-from bncheck.sync_reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard, step
+from bncheck.sync.reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard, step
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).resolve().parent / "sync_bad"

@@ -82,7 +82,8 @@ DECLINE = textwrap.dedent("""
     import sys
     for mod in {blocked!r}:
         sys.modules[mod] = None          # import of mod raises ImportError, as if it were not installed
-    from bncheck import execute, fusion_check, search
+    from bncheck import execute, search
+    from bncheck.folding import check as folding_check
     from bncheck.registry import discover
     from bncheck.scenario import Scenario
     reg = discover(plugin_dirs=[{frameworks!r}], entry_points=False)
@@ -90,7 +91,7 @@ DECLINE = textwrap.dedent("""
     for name in {names!r}:
         impl = reg.implementations[name]
         if impl.kind == "fusion":
-            caps = fusion_check.capabilities(impl)
+            caps = folding_check.capabilities(impl)
         else:
             caps = search.capabilities(impl)
             assert execute.run(impl, Scenario(), None).unsupported == caps["rank 2"][len("declined: "):]

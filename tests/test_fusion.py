@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 import bncheck
-from bncheck.fold import fold_conv_bn, fold_weights
-from bncheck.fusion_check import check_fusion
+from bncheck.folding.fold import fold_conv_bn, fold_weights
+from bncheck.folding.check import check_fusion
 from bncheck.results import Result
-from bncheck.fusion_cases import (FoldScenario, evaluate, fold_scenarios, materialize, module_fold, oracle_output,
+from bncheck.folding.cases import (FoldScenario, evaluate, fold_scenarios, materialize, module_fold, oracle_output,
                                   weights_fold)
 from bncheck.registry import Registry, discover
 

@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bncheck import bench as B  # noqa: E402
-from bncheck import gpu_env  # noqa: E402
-from bncheck import gpu_report as G  # noqa: E402
+from bncheck.gpu import env as E  # noqa: E402
+from bncheck.gpu import report as G  # noqa: E402
 from test_bench import Scale  # noqa: E402  (the trivial per-channel module the bench tests time)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +140,11 @@ def test_nvidia_smi_output_is_read(tmp_path, monkeypatch):
                    ' ;; esac\n')
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    assert gpu_env._nvidia_smi() == dict(gpu="NVIDIA H200", driver="580.159.04", gpu_memory="143771 MiB",
+    assert E._nvidia_smi() == dict(gpu="NVIDIA H200", driver="580.159.04", gpu_memory="143771 MiB",
                                          max_sm_clock="1980 MHz", max_mem_clock="3201 MHz", driver_cuda="13.0")
     exe.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\n"
                    "exit 9\n")
-    out = gpu_env._nvidia_smi()
+    out = E._nvidia_smi()
     assert "could not communicate" in out["nvidia_smi"] and "gpu" not in out
 
 
@@ -161,7 +161,7 @@ def test_report_from_a_real_bench_and_a_run_report(tmp_path):
     (tmp_path / "verify.json").write_text(json.dumps(run))
     (tmp_path / "steps.tsv").write_text("setup\tok\t0\t12\t\tlogs/setup.log\nverify\tfailed\t1\t30\tsee below\t"
                                         "logs/verify.log\ncompile\tskipped\t-\t0\tno plugin\tlogs/compile.log\n")
-    env = gpu_env.collect_environment("cpu")
+    env = E.collect_environment("cpu")
     assert env["torch"] == torch.__version__ and env["python"] and env["cpu"] and "nvidia_smi" in env
     (tmp_path / "env.json").write_text(json.dumps(env))
     out = tmp_path / "gpu"

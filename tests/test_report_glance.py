@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bncheck import cli, plots, report
-from bncheck.mdtable import WIDTH
-from bncheck.report_html import render_html
+from bncheck import cli, report
+from bncheck.report import plots
+from bncheck.report.html import render_html
+from bncheck.report.mdtable import WIDTH
 from bncheck.results import (FindingResult, LoadFailure, PropertySummary, RatioHistogram, Result, RunReport,
                              TimingRow, Timings, WarningKind)
 

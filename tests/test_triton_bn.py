@@ -21,8 +21,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bncheck import triton_kernels as K  # noqa: E402
-from bncheck.triton_bn import TritonBatchNorm  # noqa: E402
+from bncheck.kernels import triton_kernels as K  # noqa: E402
+from bncheck.kernels.triton_bn import TritonBatchNorm  # noqa: E402
 
 U32 = 2.0 ** -24
 TORCH_BN = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
@@ -333,7 +333,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from bncheck import triton_kernels as K
+from bncheck.kernels import triton_kernels as K
 assert not K.INTERPRET
 PTR = {"x_ptr": "*fp16", "dy_ptr": "*fp16", "out_ptr": "*fp16", "w_ptr": "*bf16", "b_ptr": "*bf16",
        "rm_ptr": "*bf16", "rv_ptr": "*bf16", "dw_ptr": "*bf16", "db_ptr": "*bf16", "nbt_ptr": "*i64"}

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from bncheck.triton_bn import TritonBatchNorm  # noqa: E402
+from bncheck.kernels.triton_bn import TritonBatchNorm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPE = (8, 16, 32, 32) if DEVICE == "cuda" else (4, 8, 16, 16)

@@ -4,7 +4,7 @@ import time
 import torch.distributed as dist
 
 import bncheck
-from bncheck.syncbn import SyncBatchNorm
+from bncheck.sync.syncbn import SyncBatchNorm
 
 
 class Hangs(SyncBatchNorm):

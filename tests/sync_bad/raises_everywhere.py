@@ -1,6 +1,6 @@
 """Raises in forward on every rank for 3-D input, before any collective: the pool stays usable."""
 import bncheck
-from bncheck.syncbn import SyncBatchNorm
+from bncheck.sync.syncbn import SyncBatchNorm
 
 
 class NoRank3(SyncBatchNorm):

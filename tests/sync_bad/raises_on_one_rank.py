@@ -2,7 +2,7 @@
 import torch.distributed as dist
 
 import bncheck
-from bncheck.syncbn import SyncBatchNorm
+from bncheck.sync.syncbn import SyncBatchNorm
 
 
 class RaisesOnRank1(SyncBatchNorm):

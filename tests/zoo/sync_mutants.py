@@ -1,4 +1,4 @@
-"""Synchronised BatchNorm mutants: bncheck's SyncBatchNorm (bncheck/syncbn.py) with exactly one distributed defect.
+"""Synchronised BatchNorm mutants: bncheck's SyncBatchNorm (bncheck/sync/syncbn.py) with exactly one distributed defect.
 
 Each class names the catalog id bncheck must report for it (``finding``). They override one of the three steps a
 synchronised BatchNorm gets right or wrong: merging the ranks' statistics, the running-variance count, reducing the
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bncheck.syncbn import SyncBatchNorm
+from bncheck.sync.syncbn import SyncBatchNorm
 
 
 class MeanOfVariances(SyncBatchNorm):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 
-from .results import RunReport
+from ..results import RunReport
 
 CSS = """
 body { margin: 0; background: #fff; color: #1f2328; font: 14px/1.5 -apple-system, "Segoe UI", "Noto Sans",
@@ -48,7 +48,7 @@ def markdown_to_html(md: str, title: str = "bncheck report") -> str:
 
 def render_html(rep: RunReport, pictures: bool = True) -> str:
     """The whole report in one file, its pictures embedded (or, when they cannot be drawn, a line saying why)."""
-    from .report import render_markdown
+    from .markdown import render_markdown
     uris, why = {}, ""
     if pictures:
         try:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from . import budget as B
-from .compare import Comparison, _channel_values, _count, _values
-from .scenario import DTYPES
+from .. import budget as B
+from ..compare import Comparison, _channel_values, _count, _values
+from ..scenario import DTYPES
 
 FIELDS = ("output", "dx", "dweight", "dbias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -3,7 +3,7 @@
 ``check_sync`` keeps one pool of rank processes (``bncheck.ranks``) and, for each world size, forms a process group
 and searches each property with Hypothesis: scenarios of uneven shards (a rank with a single sample included), ranks
 2 to 5, float32/float64, momentum (None included), eps, affine, large offsets, rank-shifted means and several steps.
-Each rank's results are compared with the float64 sync reference (``bncheck.sync_reference``) under derived budgets.
+Each rank's results are compared with the float64 sync reference (``bncheck.sync.reference``) under derived budgets.
 
 A failure is shrunk by Hypothesis and diagnosed: the reference's knobs are flipped (singly, then in pairs) and a
 setting that brings every field of the property back within budget names the catalog id; it must hold again on two
@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 
-from .catalog import knob_hypotheses
-from .ranks import Declined, RankFailure, RankPool
-from .registry import Implementation
-from .repro import load_plugin
-from .results import Finding, Named, PropertyFailure, PropertyResult, Result, summary
-from .sync_reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard
+from ..catalog import knob_hypotheses
+from ..ranks import Declined, RankFailure, RankPool
+from ..registry import Implementation
+from ..repro import load_plugin
+from ..results import Finding, Named, PropertyFailure, PropertyResult, Result, summary
+from .reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard
 
 PROFILES = {
     "quick": dict(max_examples=8, rounds=3),
@@ -381,10 +381,10 @@ import sys
 
 import torch
 
-from bncheck.distributed import run_scenario
+from bncheck.sync.check import run_scenario
 from bncheck.ranks import Declined, RankFailure, RankPool
 from bncheck.registry import Registry
-from bncheck.sync_reference import SyncScenario, compare, materialize, shard
+from bncheck.sync.reference import SyncScenario, compare, materialize, shard
 
 
 def main():

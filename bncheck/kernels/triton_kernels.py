@@ -39,7 +39,7 @@ import triton.language as tl  # noqa: E402
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Why the kernels cannot run here, or None.
 UNUSABLE = ("triton was imported before TRITON_INTERPRET=1 was set, so its interpreter is off; set the variable "
-            "(or import bncheck.triton_bn) before anything imports triton") if INTERPRET and _LATE else None
+            "(or import bncheck.kernels.triton_bn) before anything imports triton") if INTERPRET and _LATE else None
 
 # Tiling knobs. ``red_tile``/``apply_tile``: elements per tile of the reduction / elementwise kernels;
 # ``programs_per_sm``: how many reduction programs to aim for per SM (the split heuristic); ``min_tiles``: the

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
+from ..results import Timings
 from .mdtable import fold, table
-from .results import Timings
 
 NATIVE = "torch-native"
 

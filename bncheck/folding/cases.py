@@ -17,10 +17,10 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from . import budget as B
+from .. import budget as B
+from ..registry import Implementation
+from ..spec import Unsupported
 from .fold import FOLD_REFERENCE, FoldKnobs, NotExpressible, fold_parameters, transposed_groups
-from .registry import Implementation
-from .spec import Unsupported
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 HYPERPARAMETERS = ("stride", "padding", "dilation", "groups", "output_padding", "padding_mode")

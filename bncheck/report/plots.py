@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 
-from .results import RatioHistogram, Result, RunReport, Timings
+from ..results import RatioHistogram, Result, RunReport, Timings
 
 KINDS = {"batchnorm": "BatchNorm", "fusion": "Fusion (conv-BN folding)", "sync": "Distributed (sync BatchNorm)"}
 COLUMNS = 5            # panels per row

@@ -10,7 +10,7 @@ Folding an eval-mode BatchNorm into the convolution before it (BATCHNORM_SEMANTI
 
 ``fold_parameters`` computes this in float64 with named **knobs** (``FoldKnobs``): the default knobs are the
 formula above; a flipped knob is a hypothesis about a bug (scale applied to axis 0 of a transposed weight, eps
-ignored, mean not subtracted, ...) used by ``bncheck.fusion_check``'s diagnosis. ``fold_weights`` / ``fold_conv_bn``
+ignored, mean not subtracted, ...) used by ``bncheck.folding.check``'s diagnosis. ``fold_weights`` / ``fold_conv_bn``
 are the product: the same reference in float64, cast back to the conv's dtype and device.
 """
 from __future__ import annotations

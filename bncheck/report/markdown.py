@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..results import SCHEMA_VERSION, Result, RunReport, Timings   # noqa: F401  (SCHEMA_VERSION re-exported)
 from .mdtable import WIDTH, cut, esc, fold, split, table
-from .results import SCHEMA_VERSION, Result, RunReport, Timings   # noqa: F401  (SCHEMA_VERSION re-exported)
 
 NAME_MAX = 36          # a longer implementation name is cut in the middle in the summary table (its ends kept)
 EXPECTED_OPEN = 12     # more expected findings than this are folded into one <details>
@@ -272,7 +272,7 @@ def _kind_section(kind: str, impls: list[Result]) -> list[str]:
 def render_markdown(rep: RunReport, pictures: dict[str, str] | None = None, pictures_note: str = "") -> str:
     """The report. ``pictures``: picture name (``errors``, ``timings``) -> where the Markdown links it (a file
     name next to the report, or a data URI); ``pictures_note``: why there are none, when drawing them failed."""
-    from . import report_timings
+    from . import timings
     pictures = pictures or {}
     lines = ["# bncheck report", "", _headline(rep), "", *_environment(rep.environment), ""]
     lines += _summary(rep.implementations, rep.strict)
@@ -296,7 +296,7 @@ def render_markdown(rep: RunReport, pictures: dict[str, str] | None = None, pict
         lines += ["", "## Timings", ""]
         if "timings" in pictures:
             lines += [f"![time and bandwidth against torch native]({pictures['timings']})", ""]
-        lines += report_timings.render(rep.timings)
+        lines += timings.render(rep.timings)
     lines.append("")
     return "\n".join(lines)
 

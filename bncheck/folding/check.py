@@ -1,6 +1,6 @@
 """Fusion: verify conv-BN folding plugins (``@bncheck.fusion``) the way BatchNorm plugins are verified.
 
-Two properties, each searched by Hypothesis over ``fusion_cases.fold_scenarios`` (Conv/ConvTranspose 1-3d,
+Two properties, each searched by Hypothesis over ``cases.fold_scenarios`` (Conv/ConvTranspose 1-3d,
 groups and depthwise, stride/padding/dilation/output_padding, bias on/off, affine on/off, eps, running stats over
 orders of magnitude, float32/float64/float16, offset inputs):
 
@@ -26,12 +26,12 @@ import hypothesis
 import torch
 from hypothesis import HealthCheck, Phase, example, given, settings, target
 
-from .catalog import knob_hypotheses
+from ..catalog import knob_hypotheses
+from ..registry import Implementation
+from ..repro import load_plugin
+from ..results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
+from .cases import DIRECTED, FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
 from .fold import FOLD_REFERENCE, FoldKnobs
-from .fusion_cases import DIRECTED, FoldScenario, evaluate, fold_reference, fold_scenarios, materialize, module_fold
-from .registry import Implementation
-from .repro import load_plugin
-from .results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
 
 PROFILES = {
     "quick": dict(max_examples=40, rounds=6),
@@ -393,7 +393,7 @@ import sys
 
 import torch
 
-from bncheck.fusion_cases import FoldScenario, evaluate, materialize, module_fold, oracle_output
+from bncheck.folding.cases import FoldScenario, evaluate, materialize, module_fold, oracle_output
 from bncheck.registry import Registry
 
 {load}

@@ -171,15 +171,15 @@ def roofline_summary(bench: dict | None) -> list[dict]:
 
 
 def launch_plans(bench: dict | None, device: str | None = None) -> dict:
-    """triton-bn's launch plan for every timed shape (``bncheck.triton_kernels.make_plan``: tiles, reduction split,
-    grids), to read next to the timings; ``{"error": ...}`` where the kernels cannot be imported. Computed where the
-    report is built, so for the GPU's SM count only on the machine that ran the timings."""
+    """triton-bn's launch plan for every timed shape (``bncheck.kernels.triton_kernels.make_plan``: tiles,
+    reduction split, grids), to read next to the timings; ``{"error": ...}`` where the kernels cannot be imported.
+    Computed where the report is built, so for the GPU's SM count only on the machine that ran the timings."""
     if not bench:
         return {"plans": []}
     try:
         import torch
 
-        from . import triton_kernels as K
+        from ..kernels import triton_kernels as K
     except Exception as e:   # no triton here: the report goes on without plans
         return {"error": f"{type(e).__name__}: {e}"[:200], "plans": []}
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -204,7 +204,7 @@ def merge_runs(runs: list) -> dict | None:
     """One ``bncheck run`` report from several over disjoint groups of properties (the GPU check runs them side by
     side): per implementation, cases and worker seconds add up, findings and properties are joined, the worst
     error / budget per dtype is the largest (None, unbounded, wins), and the verdict is recomputed."""
-    from .results import RatioHistogram, Result
+    from ..results import RatioHistogram, Result
     runs = [r for r in runs if r]
     if len(runs) <= 1:
         return runs[0] if runs else None
@@ -327,7 +327,7 @@ def _verification_md(title: str, v: dict | None, missing: str) -> list[str]:
 def render_markdown(rep: dict) -> str:
     from tabulate import tabulate
 
-    from .bench import render_markdown as bench_md
+    from ..bench import render_markdown as bench_md
     env = rep["environment"]
     where = env.get("gpu") or f"CPU ({env.get('cpu')})"
     title = "GPU check" if rep["mode"] == "cuda" else "GPU check, CPU smoke run (tiny shapes: no GPU figures)"
@@ -390,7 +390,7 @@ def render_markdown(rep: dict) -> str:
 
 
 def write(rep: dict, out_dir) -> tuple[Path, Path]:
-    from .report import _atomic_write
+    from ..report.markdown import _atomic_write
     out = Path(out_dir)
     md, js = out / "latest.md", out / "latest.json"
     _atomic_write(js, json.dumps(rep, indent=1, default=str) + "\n")
@@ -399,7 +399,7 @@ def write(rep: dict, out_dir) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bncheck.gpu_report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bncheck.gpu.report", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("environment", help="write the machine's environment as JSON")
     e.add_argument("--device", choices=("cpu", "cuda"), required=True)
@@ -419,13 +419,13 @@ def main(argv=None) -> int:
     b.add_argument("--out", required=True, metavar="DIR")
     args = p.parse_args(argv)
     if args.command == "environment":
-        from .gpu_env import collect_environment
+        from .env import collect_environment
         env = collect_environment(args.device)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(env, indent=1) + "\n")
         print(json.dumps(env, indent=1))
         if args.device == "cuda" and not env["cuda_available"]:
-            print("gpu_report: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+            print("bncheck.gpu.report: --device cuda, but torch sees no CUDA device", file=sys.stderr)
             return 1
         return 0
     if args.smallc_min_rows < 1:

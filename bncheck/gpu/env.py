@@ -1,5 +1,5 @@
 """The machine a GPU check ran on: GPU model, driver and its CUDA version (nvidia-smi), torch, CUDA, cuDNN and triton
-versions, CPU, and the source commit, as plain data for ``bncheck.gpu_report``."""
+versions, CPU, and the source commit, as plain data for ``bncheck.gpu.report``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 
-from .bench import cpu_name
+from ..bench import cpu_name
 
 
 def _driver_from_proc() -> dict:
@@ -61,7 +61,7 @@ def collect_environment(device: str) -> dict:
     """The machine and software versions (imports torch, not triton: importing triton would fix its mode)."""
     import torch
 
-    from . import __version__
+    from .. import __version__
     env = dict(device_type=device, bncheck=__version__, python=platform.python_version(), torch=torch.__version__,
                torch_cuda=torch.version.cuda, triton=_dist_version("triton", "pytorch-triton"),
                cuda_available=torch.cuda.is_available(), triton_interpret=os.environ.get("TRITON_INTERPRET"),
