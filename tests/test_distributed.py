@@ -22,7 +22,7 @@ import torch
 
 from bncheck import runner
 from bncheck.sync.check import check_sync, run_scenario, script, uneven_shards
-from bncheck.ranks import RankPool, free_port
+from bncheck.sync.ranks import RankPool, free_port
 from bncheck.registry import discover
 from bncheck.sync.reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard, step
 

@@ -1,6 +1,6 @@
 """Distributed check: synchronised BatchNorm plugins on real torch.distributed ranks, against the sync reference.
 
-``check_sync`` keeps one pool of rank processes (``bncheck.ranks``) and, for each world size, forms a process group
+``check_sync`` keeps one pool of rank processes (``bncheck.sync.ranks``) and, for each world size, forms a process group
 and searches each property with Hypothesis: scenarios of uneven shards (a rank with a single sample included), ranks
 2 to 5, float32/float64, momentum (None included), eps, affine, large offsets, rank-shifted means and several steps.
 Each rank's results are compared with the float64 sync reference (``bncheck.sync.reference``) under derived budgets.
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 
 from ..catalog import knob_hypotheses
-from ..ranks import Declined, RankFailure, RankPool
+from .ranks import Declined, RankFailure, RankPool
 from ..registry import Implementation
 from ..repro import load_plugin
 from ..results import Finding, Named, PropertyFailure, PropertyResult, Result, summary
@@ -382,7 +382,7 @@ import sys
 import torch
 
 from bncheck.sync.check import run_scenario
-from bncheck.ranks import Declined, RankFailure, RankPool
+from bncheck.sync.ranks import Declined, RankFailure, RankPool
 from bncheck.registry import Registry
 from bncheck.sync.reference import SyncScenario, compare, materialize, shard
 

@@ -322,7 +322,7 @@ def _cmp(k: int, r: int, name: str, got, ref, bud, dtype) -> tuple[float, list]:
 
 
 def compare(sc: SyncScenario, data: SyncData, observed: list, knobs: SyncKnobs = TORCH_SYNC) -> SyncComparison:
-    """``observed[r]`` is rank r's result (``bncheck.ranks.run_shard``); compared step by step, rank by rank."""
+    """``observed[r]`` is rank r's result (``ranks.run_shard``); compared step by step, rank by rank."""
     cmp = SyncComparison()
     R, dt = sc.world_size, sc.torch_dtype
     own = [(data.running_mean, data.running_var, 0) for _ in range(R)]

@@ -74,8 +74,8 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
         import torch
         import torch.distributed as dist
         torch.set_num_threads(1)
-        from .registry import Registry
-        from .spec import Unsupported
+        from ..registry import Registry
+        from ..spec import Unsupported
         reg = Registry()
         reg.load_source(source)
         impl = reg.implementations.get(name)
@@ -145,8 +145,8 @@ def _in_collective(e: BaseException) -> bool:
 def run_shard(impl, payload: dict, group, device: str) -> dict:
     """On one rank: build the module, set the scenario's initial values, run the steps on this rank's shard."""
     import torch
-    from .execute import read_state, resolve
-    from .spec import Spec
+    from ..execute import read_state, resolve
+    from ..spec import Spec
     dtype = getattr(torch, payload["dtype"])
     spec = Spec(device=device, dtype=dtype, **payload["spec"])
     where = "build"
@@ -187,7 +187,7 @@ def run_shard(impl, payload: dict, group, device: str) -> dict:
             steps.append(out)
         return {"steps": steps}
     except Exception as e:
-        from .spec import Unsupported
+        from ..spec import Unsupported
         if isinstance(e, Unsupported):
             raise
         raise ShardError(f"{_describe(e)} in {where}") from e
