@@ -177,12 +177,12 @@ def _load_report(path, what: str):
 def _write_diff(d, md_path, json_path) -> str:
     """Write the comparison's Markdown and JSON (either path may be None); returns the Markdown."""
     from . import diff
-    from .report.markdown import _atomic_write
+    from .report.files import atomic_write
     md = diff.render_markdown(d)
     if md_path:
-        _atomic_write(Path(md_path), md)
+        atomic_write(Path(md_path), md)
     if json_path:
-        _atomic_write(Path(json_path), json.dumps(d.to_json(), indent=2) + "\n")
+        atomic_write(Path(json_path), json.dumps(d.to_json(), indent=2) + "\n")
     return md
 
 
@@ -252,7 +252,7 @@ def cmd_repro(args) -> int:
 
 def cmd_report(args) -> int:
     from . import report
-    from .report.markdown import _atomic_write
+    from .report.files import atomic_write
     from .results import RunReport
     path = Path(args.file)
     if not path.is_file():
@@ -270,7 +270,7 @@ def cmd_report(args) -> int:
         if out == "-":
             sys.stdout.write(text)
             return 0
-        _atomic_write(Path(out), text)
+        atomic_write(Path(out), text)
     elif out == "-":
         sys.stdout.write(report.render_markdown(rep))
         return 0
@@ -282,7 +282,7 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-    from .report.markdown import _atomic_write
+    from .report.files import atomic_write
     reg = _registry(args)
     try:
         result = bench.run_from_args(args, reg)
@@ -290,8 +290,8 @@ def cmd_bench(args) -> int:
         raise UsageError(str(e)) from None
     md = bench.render_markdown(result)
     out = Path(args.out)
-    _atomic_write(out / "bench.md", md)
-    _atomic_write(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
+    atomic_write(out / "bench.md", md)
+    atomic_write(out / "bench.json", json.dumps(result, indent=1, default=str) + "\n")
     print(md)
     return 0
 

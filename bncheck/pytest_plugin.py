@@ -193,13 +193,8 @@ class BncheckFailure(AssertionError):
     """Unexpected findings of one item (its message is the report)."""
 
 
-class LoadErrorItem(pytest.Item):
-    def __init__(self, *, error, **kw):
-        super().__init__(**kw)
-        self.error = error
-
-    def runtest(self):
-        raise BncheckFailure(f"plugin failed to load: {self.error.origin}: {self.error.message}")
+class _Item(pytest.Item):
+    """A bncheck item: its failure shows bncheck's message (no Python traceback), located by its name."""
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, BncheckFailure):
@@ -210,7 +205,16 @@ class LoadErrorItem(pytest.Item):
         return self.path, None, self.name
 
 
-class BncheckItem(pytest.Item):
+class LoadErrorItem(_Item):
+    def __init__(self, *, error, **kw):
+        super().__init__(**kw)
+        self.error = error
+
+    def runtest(self):
+        raise BncheckFailure(f"plugin failed to load: {self.error.origin}: {self.error.message}")
+
+
+class BncheckItem(_Item):
     def __init__(self, *, impl, prop, props, **kw):
         super().__init__(**kw)
         self.impl, self.prop, self.props = impl, prop, props
@@ -253,14 +257,6 @@ class BncheckItem(pytest.Item):
         if summary is not None and not findings and (summary.cases == 0 or summary.declined >= summary.cases):
             why = "every case drawn was declined by the builder" if summary.cases else "no case ran"
             pytest.skip(f"{self.impl.name}: {self.prop} not checked ({why})")
-
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, BncheckFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
-
-    def reportinfo(self):
-        return self.path, None, self.name
 
 
 class Checker:

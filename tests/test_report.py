@@ -119,6 +119,18 @@ def test_write_is_json_roundtrip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temporary files left behind
 
 
+def test_report_files_have_the_mode_of_a_plain_open(tmp_path):
+    """Written through a private temporary file, the report still gets a new file's usual mode (umask applied),
+    so a CI artifact or a shared folder can read it."""
+    rep = _report()
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    md, js = report.write(rep, tmp_path)
+    want = plain.stat().st_mode & 0o777
+    assert want & 0o044, "this test needs a umask that lets others read"
+    assert {p.stat().st_mode & 0o777 for p in (md, js)} == {want}
+
+
 def test_warnings_counted_by_kind_in_markdown_and_json(tmp_path):
     rep = _report()
     md = report.render_markdown(rep)

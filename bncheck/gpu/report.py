@@ -390,11 +390,11 @@ def render_markdown(rep: dict) -> str:
 
 
 def write(rep: dict, out_dir) -> tuple[Path, Path]:
-    from ..report.markdown import _atomic_write
+    from ..report.files import atomic_write
     out = Path(out_dir)
     md, js = out / "latest.md", out / "latest.json"
-    _atomic_write(js, json.dumps(rep, indent=1, default=str) + "\n")
-    _atomic_write(md, render_markdown(rep))
+    atomic_write(js, json.dumps(rep, indent=1, default=str) + "\n")
+    atomic_write(md, render_markdown(rep))
     return md, js
 
 

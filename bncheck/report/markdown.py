@@ -11,10 +11,10 @@ import html
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from ..results import SCHEMA_VERSION, Result, RunReport, Timings   # noqa: F401  (SCHEMA_VERSION re-exported)
+from .files import atomic_write
 from .mdtable import WIDTH, cut, esc, fold, split, table
 
 NAME_MAX = 36          # a longer implementation name is cut in the middle in the summary table (its ends kept)
@@ -301,18 +301,6 @@ def render_markdown(rep: RunReport, pictures: dict[str, str] | None = None, pict
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str | bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_pictures(rep: RunReport, out_dir: str | os.PathLike, stem: str) -> tuple[dict[str, str], str]:
     """Draw the pictures next to the report: (picture name -> file name, why none were drawn)."""
     try:
@@ -321,7 +309,7 @@ def write_pictures(rep: RunReport, out_dir: str | os.PathLike, stem: str) -> tup
         links = {}
         for name, png in drawn.items():
             path = Path(out_dir) / f"{stem}-{name}.png"
-            _atomic_write(path, png)
+            atomic_write(path, png)
             links[name] = path.name
         return links, ""
     except Exception as e:                       # the report is written without them, saying why
@@ -333,7 +321,7 @@ def write_markdown(rep: RunReport, path: str | os.PathLike, pictures: bool = Tru
     ``<stem>-timings.png``), linked from it (when drawing fails, it says why)."""
     path = Path(path)
     links, why = write_pictures(rep, path.parent, path.stem) if pictures else ({}, "")
-    _atomic_write(path, render_markdown(rep, links, why))
+    atomic_write(path, render_markdown(rep, links, why))
     return path
 
 
@@ -342,5 +330,5 @@ def write(rep: RunReport, out_dir: str | os.PathLike, stem: str = "latest",
     """``stem``.json and ``stem``.md in ``out_dir`` (see ``write_markdown`` for ``pictures``)."""
     out = Path(out_dir)
     js = out / f"{stem}.json"
-    _atomic_write(js, json.dumps(rep.to_json(), indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write(js, json.dumps(rep.to_json(), indent=2, sort_keys=False, default=str) + "\n")
     return write_markdown(rep, out / f"{stem}.md", pictures), js
