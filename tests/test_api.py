@@ -114,3 +114,12 @@ def test_no_module_of_the_package_shadows_a_public_name():
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_worst_error_is_over_passing_cases_only():
+    """The report's 'worst error/budget' is how close passing cases came to their budget: cases of a bug already
+    named (and assumed by later rounds) are not passing cases, so a buggy implementation's worst stays within 1."""
+    r = bncheck.check(str(ROOT / "implementations" / "seed_002.py"), profile="quick", seed=0,
+                      properties=["forward", "running-stats", "modes", "gradients"])
+    assert r.findings and r.worst_ratio_by_dtype, r
+    assert all(v <= 1.0 for v in r.worst_ratio_by_dtype.values()), r.worst_ratio_by_dtype
