@@ -214,6 +214,17 @@ def _normalised_with_running_stats(sc: Scenario, step: int) -> bool:
     return sc.track_running_stats and 0 <= step < len(sc.steps) and not sc.steps[step].train
 
 
+def classify_other_error(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
+    """(finding id, evidence) where the implementation raises another error than torch's rejection of ``sc``: a
+    crash of its own (the same step on a 4x larger batch with a valid eps raises too: named as crashes are), or
+    torch's rejection with another exception type (``error-type``)."""
+    bigger = sc.with_(shape=(max(sc.shape[0], 1) * 4,) + tuple(sc.shape[1:]), eps=max(sc.eps, 1e-5))
+    if _crashes(_run(impl, bigger, base)):
+        return classify_crash(impl, bigger, base)
+    return "error-type", (f"the same step on a larger batch {bigger.shape} with eps {bigger.eps:g} runs: it is "
+                          f"torch's rejection, with another type")
+
+
 def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str, str]:
     """(finding id, evidence) for a crash seen on ``sc``."""
     if sc.momentum is None and _runs(_run(impl, sc.with_(momentum=0.1), base)):
@@ -384,13 +395,8 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             for fid in ids:
                 add(fid, d, [d.detail] + lines, knobs=flips)
         elif d.finding == "missing-error" and d.detail.startswith("raises "):
-            bigger = sc.with_(shape=(max(sc.shape[0], 1) * 4,) + tuple(sc.shape[1:]), eps=max(sc.eps, 1e-5))
-            if _crashes(_run(impl, bigger, base)):
-                fid, why = classify_crash(impl, bigger, base)
-                add(fid, d, [d.detail, why])
-            else:
-                add("error-type", d, [d.detail, f"the same step on a larger batch {bigger.shape} with eps "
-                                                f"{bigger.eps:g} runs: it is torch's rejection, with another type"])
+            fid, why = classify_other_error(impl, sc, base)
+            add(fid, d, [d.detail, why])
         elif d.finding == "output-shape":
             if drift_step is not None and d.step >= drift_step and any(
                     x.finding == "state-shape-drift" for x in cmp.discrepancies):
