@@ -176,17 +176,12 @@ class WarningKind:
     count: int = 0
     property: str = ""             # the property being checked when it was first seen
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
-
-    to_json = to_dict
 
     @classmethod
     def from_json(cls, d: dict) -> "WarningKind":
         return cls(**_known(cls, d))
-
-
-VERDICTS = ("clean", "as expected", "not reproduced", "unexpected", "declined")
 
 
 @dataclass
@@ -221,9 +216,6 @@ class Result:
     def ids(self) -> set[str]:
         return {f.id for f in self.findings}
 
-    def finding(self, fid: str) -> FindingResult | None:
-        return next((f for f in self.findings if f.id == fid), None)
-
     def judge(self, strict: bool = False) -> "Result":
         """Set the verdict fields (see the class docstring); returns self."""
         found, expect = self.ids, set(self.expect)
@@ -238,11 +230,6 @@ class Result:
         else:
             self.verdict = "clean" if not found else "as expected"
         return self
-
-    @property
-    def ok(self) -> bool:
-        """No unexpected finding (the verdict decides; judge first)."""
-        return (self.verdict or self.judge().verdict) != "unexpected"
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -353,9 +340,6 @@ class RunReport:
         errors = [e if isinstance(e, LoadFailure) else LoadFailure(e.origin, e.message) for e in load_errors]
         ok = all(r.verdict != "unexpected" for r in results) and not errors
         return cls(dict(environment), results, errors, timings, strict, 0 if ok else 1)
-
-    def result(self, name: str) -> Result | None:
-        return next((r for r in self.implementations if r.name == name), None)
 
     def to_json(self) -> dict:
         return {"schema_version": self.schema_version, "environment": dict(self.environment),
