@@ -26,6 +26,9 @@ _ENTRIES = [
     Entry("momentum-none", "momentum=None is not handled as a cumulative average (taken as 0.1, as 0, as the last "
           "batch, or crashes)",
           knobs=({"momentum_none": "as-0.1"}, {"momentum_none": "zero"}, {"momentum_none": "last-batch"})),
+    Entry("zero-debiased-average", "running statistics are zero-debiased moving averages (TensorFlow's "
+          "ExponentialMovingAverage(zero_debias=True)): the first training step copies the batch statistics, step k "
+          "weights the batch by m/(1-(1-m)^k)", knobs=({"momentum_debias": True},)),
     Entry("biased-running-var", "running_var is updated with the biased batch variance",
           knobs=({"running_var_unbiased": False},)),
     Entry("unbiased-normalization", "the output is normalised with the unbiased batch variance",
@@ -49,6 +52,9 @@ _ENTRIES = [
           knobs=({"update_in_eval": True}, {"update_in_eval": "before-output"})),
     Entry("stats-not-updated", "running statistics never change in training (whether num_batches_tracked counts "
           "or not)", knobs=({"update_stats": False}, {"update_stats": False, "count_frozen": True})),
+    Entry("num-batches-tracked-wrong", "num_batches_tracked never counts, counts by 2, or counts in eval steps too "
+          "(the running statistics themselves as torch's)",
+          knobs=({"counter": "frozen"}, {"counter": "double"}, {"counter": "eval-too"})),
     Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",
           knobs=({"untracked_eval_stats": "zero-one"},)),
     Entry("affine-wrong", "weight/bias not applied, applied wrongly, or swapped",
@@ -60,6 +66,9 @@ _ENTRIES = [
     Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows",
           knobs=({"naive_variance": "input"},)),
     Entry("low-precision-accumulation", "reductions accumulate in float16/bfloat16"),
+    Entry("reduced-precision", "computes a float64 input in float32 (and casts back): errors at float32's "
+          "roundoff, within float32's budget",
+          knobs=({"compute_dtype": "float32"},)),
     Entry("batch-stats-detached", "the input gradient treats the batch mean/var as constants",
           knobs=({"detach_stats": "both"}, {"detach_stats": "mean"}, {"detach_stats": "var"})),
     Entry("no-grad-to-affine", "weight/bias get no (or a wrong) gradient",

@@ -28,6 +28,8 @@ class Discrepancy:
     ratio: float                  # worst |diff| / budget (inf for structural)
     detail: str
     finding: str | None = None    # catalog id for structural discrepancies
+    undefined: bool = False       # the worst element's reference is not finite (the oracle's model is undefined
+                                  # there, e.g. a knob's variance of one value), while the implementation's is
 
     @property
     def structural(self) -> bool:
@@ -158,10 +160,11 @@ def _values(cmp: Comparison, step: int, name: str, got, ref: torch.Tensor | None
         flat = int(torch.argmax(torch.nan_to_num(ratio, nan=math.inf)).item())
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape))
         bad = int((ratio > 1).sum())
+        undefined = not bool(torch.isfinite(ref[idx]))
         cmp.add(Discrepancy(step, name, r,
                             f"max |diff| {_fmt(diff[idx].item())} at {idx} (got {_fmt(got[idx].item())}, expected "
                             f"{_fmt(ref[idx].item())}) = {_fmt(r)} x budget ({_fmt(bud[idx].item())}); "
-                            f"{bad}/{ratio.numel()} elements over budget"))
+                            f"{bad}/{ratio.numel()} elements over budget", undefined=undefined))
 
 
 def oracle_state(sc: Scenario, trace: Trace, data: Data) -> O.State:
@@ -187,9 +190,10 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
     cfg = O.Config(sc.eps, sc.momentum, sc.track_running_stats)
     c = sc.channels
     u_in, u_p = B.u(sc.torch_dtype), B.u(sc.torch_param_dtype)
-    if knobs.stats_dtype is not None:   # statistics kept (and combined) in a lower precision, already named
-        u_kept = B.u(getattr(torch, knobs.stats_dtype))
-        u_in, u_p = max(u_in, u_kept), max(u_p, u_kept)
+    for lower in (knobs.stats_dtype, knobs.compute_dtype):   # statistics kept, or everything computed, in a
+        if lower is not None:                                   # lower precision: that precision's roundoff
+            u_low = B.u(getattr(torch, lower))
+            u_in, u_p = max(u_in, u_low), max(u_p, u_low)
     w = _channel_values(trace.weight, c) if sc.affine else None
     b = _channel_values(trace.bias, c) if sc.affine else None
     if sc.affine and (w is None or b is None):   # not read back: the values bncheck meant to write

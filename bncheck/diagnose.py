@@ -23,6 +23,7 @@ from .results import Named
 from .scenario import Scenario, Step, materialize
 
 MAX_GREEDY = 3
+MOMENTUM_KNOBS = ("momentum_override", "momentum_direction", "momentum_debias", "momentum_none", "counter")
 MARGINAL = 100.0   # error/budget below which a divergence is first tested as a numeric (not semantic) defect
 
 
@@ -71,6 +72,12 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs, base: Knobs
         # at one momentum, "inverted" (factor 1 - m) and "a fixed factor" coincide (m = 0.9 inverted is a fixed 0.1):
         # either must also hold at another momentum
         variants.append(dict(shape=variants[0]["shape"], momentum=0.3 if abs(sc.momentum - 0.3) > 1e-9 else 0.6))
+    if sc.track_running_stats and any(getattr(knobs, k) != getattr(base_knobs, k) for k in MOMENTUM_KNOBS):
+        # on one training step a copy of the batch (zero-debiased, or a fixed factor of 1) and a cumulative average
+        # are the same numbers: an explanation of the running update must also hold over several training steps,
+        # at another momentum
+        other = None if sc.momentum is None else (0.3 if abs(sc.momentum - 0.3) > 1e-9 else 0.6)
+        variants.append(dict(shape=variants[0]["shape"], momentum=other, steps=(Step(True, True),) * 3))
     if knobs.mode_source != base_knobs.mode_source:
         # grad on/off swapped: tells "follows is_grad_enabled()" from "ignores .train()/.eval()"
         variants.append(dict(shape=variants[0]["shape"], steps=tuple(Step(s.train, not s.grad) for s in sc.steps)))
@@ -263,10 +270,6 @@ def classify_crash(impl: Implementation, sc: Scenario, base: Knobs) -> tuple[str
                      f"runs")
 
 
-def _ratio(cmp: Comparison, fields=("running_mean", "running_var", "output")) -> float:
-    return max((cmp.ratios.get(f, 0.0) for f in fields), default=0.0)
-
-
 OFFSETS = {"float64": (1e2, 1e5), "float32": (1e1, 1e3), "float16": (1.0, 1e2), "bfloat16": (1.0, 30.0)}
 
 
@@ -274,6 +277,11 @@ OFFSETS = {"float64": (1e2, 1e5), "float32": (1e1, 1e3), "float16": (1.0, 1e2), 
 # the variance as E[x^2] - E[x]^2 in the input precision, with the budget of that computation, so later divergences
 # it explains are not named again as something else (e.g. an eps that seems off where the variance cancelled).
 NUMERIC_KNOBS = {"cancellation": {"naive_variance": "input"}}
+# The fields each numeric defect can move: a variance by E[x^2]-E[x]^2 reaches what is computed from the variance
+# (not running_mean, dbias or the counter); a sum accumulated in half precision reaches every statistic.
+NUMERIC_FIELDS = {"cancellation": frozenset({"output", "running_var", "dx", "dweight"}),
+                  "low-precision-accumulation": frozenset({"output", "running_mean", "running_var", "dx", "dweight",
+                                                           "dbias"})}
 
 
 def probe_cancellation(impl: Implementation, sc: Scenario, base: Knobs):
@@ -281,11 +289,14 @@ def probe_cancellation(impl: Implementation, sc: Scenario, base: Knobs):
     lo, hi = OFFSETS[sc.dtype]
     probe = sc.with_(shape=(64, min(sc.channels, 3)), layout="contiguous", steps=(Step(True, False),),
                      momentum=0.1, eps=1e-5, distribution="offset")
-    r_lo = _ratio(_run(impl, probe.with_(offset=lo), base))
-    r_hi = _ratio(_run(impl, probe.with_(offset=hi), base))
-    if r_hi > 1.0 and r_hi >= 0.1 * (hi / lo) * max(r_lo, 1e-3):
-        return (f"error/budget grows with |mean|/std: {r_lo:.3g} at offset {lo:g}, {r_hi:.3g} at offset {hi:g} "
-                f"(a stable variance keeps it flat; E[x^2]-E[x]^2 loses ~(mean/std)^2 relative precision)")
+    c_lo, c_hi = _run(impl, probe.with_(offset=lo), base), _run(impl, probe.with_(offset=hi), base)
+    # field by field: another defect (a running-mean bug, say) is as large at both offsets and must not hide the
+    # growth of the fields the variance reaches
+    for f in ("output", "running_var"):
+        r_lo, r_hi = c_lo.ratios.get(f, 0.0), c_hi.ratios.get(f, 0.0)
+        if r_hi > 1.0 and r_hi >= 0.1 * (hi / lo) * max(r_lo, 1e-3):
+            return (f"{f} error/budget grows with |mean|/std: {r_lo:.3g} at offset {lo:g}, {r_hi:.3g} at offset "
+                    f"{hi:g} (a stable variance keeps it flat; E[x^2]-E[x]^2 loses ~(mean/std)^2 relative precision)")
     return None
 
 
@@ -295,11 +306,13 @@ def probe_low_precision(impl: Implementation, sc: Scenario, base: Knobs):
         return None
     probe = sc.with_(layout="contiguous", steps=(Step(True, False),), momentum=0.1, eps=1e-5,
                      distribution="offset", offset=4.0)
-    small = _ratio(_run(impl, probe.with_(shape=(16, min(sc.channels, 2))), base))
-    large = _ratio(_run(impl, probe.with_(shape=(8192, min(sc.channels, 2))), base))
-    if large > 1.0 and large >= 4 * max(small, 1e-3):
-        return (f"error/budget grows with the reduction size: {small:.3g} at n=16, {large:.3g} at n=8192 "
-                f"(float32 accumulation keeps it flat)")
+    c_small = _run(impl, probe.with_(shape=(16, min(sc.channels, 2))), base)
+    c_large = _run(impl, probe.with_(shape=(8192, min(sc.channels, 2))), base)
+    for f in ("output", "running_mean", "running_var"):
+        small, large = c_small.ratios.get(f, 0.0), c_large.ratios.get(f, 0.0)
+        if large > 1.0 and large >= 4 * max(small, 1e-3):
+            return (f"{f} error/budget grows with the reduction size: {small:.3g} at n=16, {large:.3g} at n=8192 "
+                    f"(float32 accumulation keeps it flat)")
     return None
 
 
@@ -359,9 +372,11 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
     """Name every owned discrepancy of one comparison."""
     out: dict[str, Named] = {}
 
-    def add(fid, d: Discrepancy, lines, knobs=None):
+    def add(fid, d: Discrepancy, lines, knobs=None, fields=()):
         if fid not in out:
-            out[fid] = Named(fid, d.where(sc), lines, d.ratio, knobs or {})
+            out[fid] = Named(fid, d.where(sc), lines, d.ratio, knobs or {},
+                             trigger=d.finding if d.structural else None,
+                             fields=tuple(sorted(set(fields) | ({d.field} if not d.structural else set()))))
 
     drift_step = None   # the first step whose state cannot be read as (C,): the oracle cannot follow from there
     if sc.track_running_stats:
@@ -419,6 +434,10 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
         else:
             add(d.finding, d, [d.detail])
     values = [d for d in owned if not d.structural]
+    if base.flipped():
+        # where the model of a bug already named is undefined (a NaN variance of one value under an assumed knob)
+        # the implementation's finite numbers are no new bug
+        values = [d for d in values if not d.undefined]
     if drift_step is not None:   # the oracle cannot follow a state it cannot read: the drift is the cause
         if any(d.finding == "state-shape-drift" for d in cmp.discrepancies):
             values = [d for d in values if d.step < drift_step]
@@ -431,31 +450,38 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
     if values and (numeric_first or max(d.ratio for d in values) < MARGINAL):
         worst = max(values, key=lambda d: d.ratio)
         for fid, probe in (("cancellation", probe_cancellation), ("low-precision-accumulation", probe_low_precision)):
+            # the defect can only explain the fields it reaches (a variance cannot move running_mean): its evidence
+            # is the worst of those, and the rest are explained on their own, with the defect assumed
+            reached = [d for d in values if d.field in NUMERIC_FIELDS[fid]]
+            if not reached:
+                continue
             why = probe(impl, sc, base)
             if why:
-                add(fid, worst, [worst.detail, why], knobs=NUMERIC_KNOBS.get(fid))
-                values = []
+                worst = max(reached, key=lambda d: d.ratio)
+                add(fid, worst, [worst.detail, why], knobs=NUMERIC_KNOBS.get(fid), fields={d.field for d in reached})
+                values = [d for d in values if d.field not in NUMERIC_FIELDS[fid]]
+                base = replace(base, **NUMERIC_KNOBS.get(fid, {}))
                 break
     if values:
         worst = max(values, key=lambda d: d.ratio)
         # a hypothesis must explain the failing value fields and keep the passing ones within budget; a field
         # failing only structurally (e.g. no gradient at all) is named above, and no knob can bring it back
-        fields = frozenset({d.field for d in values} |
-                           {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})
+        failing = {d.field for d in values}
+        fields = frozenset(failing | {f for f in owned_values if cmp.ratios.get(f, 0.0) <= 1.0})
         ids, flips, resid = explain(impl, sc, data, trace, fields, base, exhaustive=exhaustive)
         if ids:
             desc = ", ".join(f"{k}={v}" for k, v in flips.items())
             for fid in ids:
                 add(fid, worst, [worst.detail, f"matches the oracle with {desc} to {resid:.2g} x budget"],
-                    knobs=flips)
+                    knobs=flips, fields=failing)
         else:
             why = probe_cancellation(impl, sc, base)
             if why:
-                add("cancellation", worst, [worst.detail, why], knobs=NUMERIC_KNOBS["cancellation"])
+                add("cancellation", worst, [worst.detail, why], knobs=NUMERIC_KNOBS["cancellation"], fields=failing)
             elif (why := probe_low_precision(impl, sc, base)):
-                add("low-precision-accumulation", worst, [worst.detail, why])
+                add("low-precision-accumulation", worst, [worst.detail, why], fields=failing)
             elif (ranked := probe_rank(impl, sc, base)):
-                add(ranked[0], worst, [worst.detail, ranked[1]])
+                add(ranked[0], worst, [worst.detail, ranked[1]], fields=failing)
             elif base.flipped() and (worst.ratio < MARGINAL or min(sc.shape[0], sc.reduction_size) <= 1):
                 # within a few budgets of the model of a bug already named, or where that model is undefined
                 # (one value or none per channel): that bug, not a new one
@@ -463,5 +489,5 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             else:
                 desc = ", ".join(f"{k}={v}" for k, v in flips.items()) or "none"
                 add("output-mismatch", worst, [worst.detail, f"no catalog knob setting explains it; closest: {desc} "
-                                               f"(residual {resid:.3g} x budget)"])
+                                               f"(residual {resid:.3g} x budget)"], fields=failing)
     return list(out.values())

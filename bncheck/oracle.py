@@ -20,6 +20,11 @@ class Knobs:
     momentum_direction: str = "torch"       # torch: new=(1-m)old+m*batch | inverted: new=m*old+(1-m)*batch
     momentum_override: float | None = None  # a fixed factor used whatever the momentum argument says
     momentum_none: str = "cumulative"       # momentum=None: cumulative | as-0.1 | zero | last-batch (factor 1)
+    momentum_debias: bool = False           # zero-debiased moving average (TensorFlow's ExponentialMovingAverage
+                                            # with zero_debias=True): training step k weights the batch by
+                                            # w / (1 - (1 - w)^k), w the batch's weight; the first step copies it
+    counter: str = "torch"                  # num_batches_tracked: torch (+1 per training step) | frozen (never
+                                            # counts) | double (+2) | eval-too (also counts in eval steps)
     running_var_unbiased: bool = True       # running_var update with n/(n-1)
     norm_var_unbiased: bool = False         # normalise with the unbiased variance
     eps_placement: str = "inside"           # inside: sqrt(var+eps) | outside: sqrt(var)+eps
@@ -44,6 +49,10 @@ class Knobs:
     # it below the parameter dtype (plain attributes that .to() does not convert). The oracle ignores it;
     # comparisons widen the budgets of everything computed from those statistics to that dtype's roundoff.
     stats_dtype: str | None = None
+    # Not a semantic knob either: the precision an implementation computes in when it is below its dtype's (a
+    # float64 layer computing in float32 and casting back). The oracle ignores it; comparisons widen every budget to
+    # that dtype's roundoff (``reduced-precision``).
+    compute_dtype: str | None = None
 
     def flipped(self) -> dict:
         """The knobs that differ from torch's behaviour."""
@@ -168,30 +177,32 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
 
     # running statistics
     before = state.clone()
+    count = {"torch": 1, "frozen": 0, "double": 2, "eval-too": 1}[knobs.counter]
     if track and not knobs.update_stats and knobs.count_frozen and (mode or knobs.update_in_eval):
-        res.state.num_batches_tracked += 1
+        res.state.num_batches_tracked += count
     if track and knobs.update_stats and (mode or knobs.update_in_eval):
         st = res.state
-        st.num_batches_tracked += 1
+        k = before.num_batches_tracked + 1       # this update's number, counted as torch counts
+        st.num_batches_tracked += count
         if n_torch > 0:
             if knobs.momentum_override is not None:
                 f = knobs.momentum_override
             elif cfg.momentum is None:
-                f = {"cumulative": 1.0 / st.num_batches_tracked, "as-0.1": 0.1, "zero": 0.0,
-                     "last-batch": 1.0}[knobs.momentum_none]
+                f = {"cumulative": 1.0 / k, "as-0.1": 0.1, "zero": 0.0, "last-batch": 1.0}[knobs.momentum_none]
             else:
                 f = cfg.momentum
-            res.factor = f
+            w = 1 - f if knobs.momentum_direction == "inverted" else f     # the batch's weight
+            if knobs.momentum_debias and 0 < w < 1:
+                w = w / (1 - (1 - w) ** k)
+            res.factor = w
             bm = res.batch_mean
             bv = res.batch_var
             if knobs.running_var_unbiased:
                 bv = bv * n / (n - 1) if n > 1 else bv * math.inf
-            if knobs.momentum_direction == "inverted":
-                st.running_mean = f * st.running_mean + (1 - f) * bm
-                st.running_var = f * st.running_var + (1 - f) * bv
-            else:
-                st.running_mean = (1 - f) * st.running_mean + f * bm
-                st.running_var = (1 - f) * st.running_var + f * bv
+            st.running_mean = (1 - w) * st.running_mean + w * bm
+            st.running_var = (1 - w) * st.running_var + w * bv
+    elif track and knobs.counter == "eval-too" and not (mode or knobs.update_in_eval):
+        res.state.num_batches_tracked += 1
 
     # statistics used to normalise
     if mode or not track:

@@ -13,12 +13,13 @@ hang cannot be provoked without hanging the check.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import diagnose, execute
 from .catalog import CATALOG
 from .compare import VALUE_FIELDS, compare
 from .oracle import TORCH, Knobs
+from .ledger import Ledger
 from .properties import BY_NAME
 from .registry import Implementation
 from .repro import script
@@ -156,9 +157,13 @@ def run_probe(impl: Implementation, fid: str, base: Knobs = TORCH, device: str =
     return [], None, None, ran
 
 
-def confirm_expected(impl: Implementation, found, base: Knobs = TORCH, device: str = "cpu") -> PropertyResult | None:
-    """Probe every expected BatchNorm id the search did not find; confirmed ones become findings with
-    ``source='probe'``. Returns None when nothing was left to probe."""
+def confirm_expected(impl: Implementation, ledger: Ledger | None = None, device: str = "cpu",
+                     found=None) -> PropertyResult | None:
+    """Probe every expected BatchNorm id the search did not find (``ledger``: what the search named, its scopes
+    and knobs; ``found``: or just the ids, with torch's knobs); confirmed ones become findings with
+    ``source='probe'`` and a scope of their own. Returns None when nothing was left to probe."""
+    ledger = ledger if ledger is not None else Ledger()
+    found = ledger.ids if found is None else frozenset(found) | ledger.ids
     # in catalog order (semantic before numeric ids); a confirmed bug is assumed by the later probes, as the search
     # assumes what it named
     todo = [fid for fid in CATALOG if fid in impl.expect and fid not in found and probe_for(fid) is not None]
@@ -166,22 +171,24 @@ def confirm_expected(impl: Implementation, found, base: Knobs = TORCH, device: s
         return None
     res = PropertyResult("probes")
     t0 = time.monotonic()
-    confirmed: set[str] = set()
     for fid in todo:
-        if fid in confirmed:
+        if fid in ledger.known:
             continue
-        named, sc, prop_name, ran = run_probe(impl, fid, base, device)
+        before = ledger.base
+        named, sc, prop_name, ran = run_probe(impl, fid, before, device)
         res.cases += ran
-        for n in named:       # the probed id, and any other expected id diagnosed with it (e.g. a pair of knobs)
-            if n.id not in todo or n.id in confirmed:
-                continue
-            confirmed.add(n.id)
-            if n.knobs:
-                base = replace(base, **n.knobs)
+        # the probed id, and any other expected id diagnosed with it (e.g. a pair of knobs)
+        confirmed = [n for n in named if n.id in todo and n.id not in ledger.known]
+        if not confirmed:
+            continue
+
+        def make(n, sc=sc, prop_name=prop_name, ran=ran, fid=fid):
             evidence = list(n.evidence) + [f"confirmed by the directed probe for {fid} (scenario {ran} of its "
                                            f"{len(probe_for(fid).scenarios)}); the search did not reach it"]
-            res.findings.append(Finding(n.id, prop_name, n.where, evidence, n.ratio, sc,
-                                        script(impl.name, impl.source, n.id, n.where, sc), source="probe"))
+            return Finding(n.id, prop_name, n.where, evidence, n.ratio, sc,
+                           script(impl.name, impl.source, n.id, n.where, sc), source="probe")
+        new, _ = ledger.record(impl, sc, confirmed, prop_name, make, before, device)
+        res.findings.extend(new)
     res.seconds = time.monotonic() - t0
-    res.assumed = base
+    res.assumed = ledger.base
     return res

@@ -38,6 +38,8 @@ class Named:
     evidence: list = field(default_factory=list)
     ratio: float = float("inf")
     knobs: dict = field(default_factory=dict)    # knob flips that reproduce it (empty for probes)
+    trigger: str | None = None     # the structural discrepancy it was named from (e.g. "crash"); None: value fields
+    fields: tuple = ()             # the value fields it was named from (what its scope explains)
 
 
 @dataclass
@@ -53,12 +55,15 @@ class FindingResult:
     scenario: str = ""             # its repr, which rebuilds it
     repro: str = ""                # a standalone script that shows it (empty for worker-level crashes and timeouts)
     source: str = "search"         # search | probe (an expected id the search missed, confirmed by its probe)
+    scope: str = ""                # the region of scenarios it explains: "every case", "only with affine=False", ...
+    also: list[str] = field(default_factory=list)   # consequences folded under it: the same cause seen elsewhere
 
     def line(self) -> str:
         """One line: id, where, error/budget, example."""
         ratio = "structural" if self.error_ratio is None else f"{self.error_ratio:.3g} x budget"
         probe = " (confirmed by probe)" if self.source == "probe" else ""
-        return f"{self.id}{probe} in {self.property}: {self.where}; {ratio}; {self.example or '-'}"
+        scope = f" [{self.scope}]" if self.scope else ""
+        return f"{self.id}{probe} in {self.property}{scope}: {self.where}; {ratio}; {self.example or '-'}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,11 +84,14 @@ class Finding:
     scenario: Any                  # the kind's scenario type: has describe() and a repr that rebuilds it
     repro: str = ""
     source: str = "search"         # search | probe (an expected id the search missed, confirmed by its probe)
+    scope: str = ""                # the region of scenarios it explains: "every case", "only with affine=False", ...
+    also: list[str] = field(default_factory=list)   # consequences folded under it: the same cause seen elsewhere
 
     def result(self) -> FindingResult:
         return FindingResult(id=self.id, property=self.property, where=self.where, evidence=list(self.evidence),
                              error_ratio=_finite(self.error_ratio), example=self.scenario.describe(),
-                             scenario=repr(self.scenario), repro=self.repro, source=self.source)
+                             scenario=repr(self.scenario), repro=self.repro, source=self.source, scope=self.scope,
+                             also=list(self.also))
 
 
 @dataclass
@@ -144,6 +152,7 @@ class PropertyResult:
     name: str
     cases: int = 0
     declined: int = 0
+    excluded: int = 0              # cases inside the scope of a crash named before (nothing else to judge)
     findings: list = field(default_factory=list)
     worst: dict = field(default_factory=dict)        # dtype label -> worst error/budget over passing cases
     seconds: float = 0.0

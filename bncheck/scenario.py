@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .scope import Facet
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 # contiguous | channels_last | strided: a stride of 2 on the last axis (still mergeable by .view(N, C, -1)) |
@@ -92,6 +94,10 @@ class Scenario:
     def with_(self, **changes) -> "Scenario":
         return replace(self, **changes)
 
+    def facets(self) -> dict:
+        """What a scope can say about this scenario (``bncheck.scope``): one value per facet of ``FACETS``."""
+        return {name: f.read(self) for name, f in FACETS.items()}
+
     def describe(self) -> str:
         """One line, as shown in a finding's config."""
         dt = self.dtype if self.dtype == self.param_dtype else f"{self.dtype} input, {self.param_dtype} params"
@@ -99,6 +105,75 @@ class Scenario:
         extra = f" {self.distribution}" + (f"(offset={self.offset:g})" if self.offset else "")
         return (f"shape={tuple(self.shape)} {dt} {self.layout} momentum={self.momentum} eps={self.eps:g} "
                 f"affine={self.affine} track_running_stats={self.track_running_stats} steps=[{steps}]{extra}")
+
+
+# -- facets: what a finding's scope is stated in ------------------------------------------------------------------
+def _plain_spatial(sc: Scenario, rank: int) -> tuple:
+    """Spatial sizes for ``rank`` that keep the scenario's kind of reduction: all 1 where it has one value per
+    sample and channel, else sizes neither 1 nor C (nothing broadcasts by accident)."""
+    if all(s == 1 for s in sc.shape[2:]):
+        return (1,) * (rank - 2)
+    return tuple(s if s != sc.channels else s + 3 for s in (3, 4, 5))[:rank - 2]
+
+
+def _other_rank(sc: Scenario):
+    rank = 4 if sc.rank != 4 else (5 if sc.layout in LAYOUT_RANKS else 2)
+    return sc.with_(shape=(sc.shape[0], sc.channels) + _plain_spatial(sc, rank))
+
+
+def _other_dtype(sc: Scenario):
+    plain = "float32" if (sc.dtype, sc.param_dtype) != ("float32", "float32") else "float64"
+    return sc.with_(dtype=plain, param_dtype=plain)
+
+
+def _momentum_class(m) -> str:
+    return "None" if m is None else ("0" if m == 0 else ("1" if m == 1 else "a number"))
+
+
+def _dtype_label(sc: Scenario) -> str:
+    return sc.dtype if sc.dtype == sc.param_dtype else f"{sc.dtype} input, {sc.param_dtype} params"
+
+
+def _show(name: str, fmt=str):
+    sep = "" if name.endswith("=") else " "
+    return lambda values: f"{name}{sep}" + " or ".join(fmt(v) for v in values)
+
+
+def _flag(yes: str, no: str):
+    return lambda values: " or ".join(yes if v else no for v in values)
+
+
+FACETS = {f.name: f for f in [
+    Facet("rank", lambda s: s.rank, _other_rank, _show("rank")),
+    Facet("dtype", _dtype_label, _other_dtype, _show("dtype")),
+    Facet("layout", lambda s: s.layout, lambda s: None if s.layout == "contiguous" else s.with_(layout="contiguous"),
+          _show("layout")),
+    Facet("affine", lambda s: s.affine, lambda s: s.with_(affine=not s.affine), _show("affine=", str)),
+    Facet("track_running_stats", lambda s: s.track_running_stats,
+          lambda s: s.with_(track_running_stats=not s.track_running_stats), _show("track_running_stats=", str)),
+    Facet("momentum", lambda s: _momentum_class(s.momentum),
+          lambda s: s.with_(momentum=0.1) if s.momentum is None or s.momentum in (0, 1) else None,
+          lambda values: "momentum=" + " or ".join("a number" if v == "a number" else v for v in values)),
+    Facet("empty batch", lambda s: s.shape[0] == 0,
+          lambda s: s.with_(shape=(2,) + tuple(s.shape[1:])) if s.shape[0] == 0 else None,
+          _flag("an empty batch", "a non-empty batch")),
+    Facet("one value per channel", lambda s: s.reduction_size == 1,
+          lambda s: s.with_(shape=(2,) + tuple(s.shape[1:])) if s.reduction_size == 1 else None,
+          _flag("one value per channel", "more than one value per channel")),
+    Facet("one channel", lambda s: s.channels == 1,
+          lambda s: s.with_(shape=(s.shape[0], 3) + tuple(s.shape[2:])) if s.channels == 1 else None,
+          _flag("one channel", "several channels")),
+    Facet("eval step", lambda s: any(not st.train for st in s.steps),
+          lambda s: s.with_(steps=tuple(Step(True, st.grad) for st in s.steps))
+          if any(not st.train for st in s.steps) else None, _flag("an eval step", "training steps only")),
+    Facet("no_grad step", lambda s: any(not st.grad for st in s.steps),
+          lambda s: s.with_(steps=tuple(Step(st.train, True) for st in s.steps))
+          if any(not st.grad for st in s.steps) else None, _flag("a no_grad step", "grad enabled in every step")),
+    Facet("input", lambda s: s.distribution if not s.offset else f"{s.distribution} (offset {s.offset:g})",
+          lambda s: None if s.distribution == "normal" else s.with_(distribution="normal", offset=0.0),
+          _show("input")),
+    Facet("eps", lambda s: s.eps, lambda s: None if s.eps == 1e-5 else s.with_(eps=1e-5), _show("eps", "{:g}".format)),
+]}
 
 
 @dataclass

@@ -149,7 +149,8 @@ def isolate(sc, facets: dict[str, Facet], fails: Callable[[Any], bool]) -> tuple
             variant = None
         if variant is None:
             continue
-        if not fails(variant):
+        outcome = fails(variant)
+        if outcome is False:       # None: the variant was declined, no evidence either way
             causes.append(name)
             lines.append(f"with {name} changed ({f.describe((here[name],))} -> "
                          f"{f.describe((f.read(variant),))}) it does not fail")

@@ -1,12 +1,16 @@
 """Search: drive Hypothesis over each property for one implementation, shrink, diagnose, repeat.
 
 Per property, search rounds run until one passes: a round's failure is shrunk by Hypothesis to a minimal
-scenario, diagnosed, and its named bug is then *assumed* by the next round (its oracle knobs applied, its
-structural id ignored), so the next round can only fail on a different bug. Runs are reproducible: every
-round's Hypothesis seed derives from ``--seed``, and no example database is used unless one is given (``database``:
-a directory; the pytest plugin passes Hypothesis' own, so a failure found once is replayed first, under a key per
-implementation, property and round). After the search, expected ids it did not reach are run through their
-directed probes (``probes.py``), on top of what the search assumed.
+scenario and diagnosed, and the ledger (``ledger.py``) records what it named and where it holds (its scope). The
+next round searches on outside that: a case in the scope of a named crash is excluded, a field a knob-less finding
+explains in its scope is not judged there, a knobbed finding's oracle knobs are assumed. A failure that names an
+id already named widens that finding's scope ("also: ...") and the search goes on; a property ends when its
+examples are spent without a new failure (or a round learns nothing new). Every property also tries its edge
+inputs (``Property.explicit``) on every run. Runs are reproducible: every round's Hypothesis seed derives from
+``--seed``, and no example database is used unless one is given (``database``: a directory; the pytest plugin
+passes Hypothesis' own, so a failure found once is replayed first, under a key per implementation, property and
+round). After the search, expected ids it did not reach are run through their directed probes (``probes.py``),
+on top of what the search assumed.
 """
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ from dataclasses import replace
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, reject, settings, target
+from hypothesis.control import currently_in_test_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from . import diagnose, execute, probes
 from .compare import compare
-from .oracle import TORCH, Knobs
+from .ledger import Ledger
 from .properties import PROPERTIES, Property
 from .registry import Implementation
 from .repro import script
@@ -34,8 +39,10 @@ PROFILES = {
     "default": dict(max_examples=40, rounds=4),
     "thorough": dict(max_examples=300, rounds=6),
 }
-CRASH_FAMILY = {"crash", "momentum-none", "non-contiguous-crash", "rank-unsupported"}
-UNEXPLAINED = {"output-mismatch", "cancellation", "low-precision-accumulation"}
+# Structural discrepancies after which nothing else of that step can be compared: a case with only such failures,
+# each explained by a finding named before, is excluded (not counted as a pass)
+BLOCKING = {"crash", "output-shape", "missing-error"}
+CONSEQUENCE_ROUNDS = 3     # rounds that only widen a finding's scope may take up to this many times the new ones
 
 
 _FAILURES: dict[str, type] = {}
@@ -52,56 +59,61 @@ def dtype_label(sc: Scenario) -> str:
 
 
 def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
-                    device: str = "cpu", index: int = 0, base: Knobs = TORCH,
-                    named: frozenset = frozenset(), database: str | None = None,
+                    device: str = "cpu", index: int = 0, ledger: Ledger | None = None, database: str | None = None,
                     phases=None) -> PropertyResult:
-    """``base`` and ``named``: the knob settings and finding ids earlier properties established; this property
-    assumes them, so a bug named once is not re-diagnosed (and mis-named) in another property's scenarios.
-    ``database``: a Hypothesis example directory to replay from and save to (None: none); ``phases``: names of the
-    Hypothesis phases allowed (None: all the search uses)."""
+    """``ledger``: what earlier properties named, where each finding holds and the oracle knobs they established
+    (updated in place); this property searches outside those scopes, with those knobs assumed, so a bug named once
+    is neither re-diagnosed (and mis-named) nor a reason to stop. ``database``: a Hypothesis example directory to
+    replay from and save to (None: none); ``phases``: names of the Hypothesis phases allowed (None: all the
+    search uses)."""
     conf = PROFILES[profile]
+    ledger = ledger if ledger is not None else Ledger()
     res = PropertyResult(prop.name)
     t0 = time.monotonic()
-    ignore: set[str] = set(named)
-    ignored_fields: set[str] = set()
-    for rnd in range(conf["rounds"]):
+    named_rounds = 0
+    for rnd in range(conf["rounds"] * CONSEQUENCE_ROUNDS):
+        if named_rounds >= conf["rounds"]:
+            break
         last = {}
 
         def keys_of(sc, cmp):
-            keys = []
+            """The failures of this case that nothing named explains here, and whether the case was blocked by a
+            failure named before (a crash in its scope: nothing else of that step could be compared)."""
+            facets = sc.facets()
+            keys, blocked = [], False
             for d in cmp.discrepancies:
                 if not prop.owns(d):
                     continue
-                if d.structural:
-                    fid = d.finding
-                    if fid == "crash" and ignore & CRASH_FAMILY:
-                        fid = diagnose.classify_crash(impl, sc, base)[0]
-                    if fid == "nan-inf" and "cancellation" in ignore and sc.reduction_size > 0:
-                        continue        # a negative E[x^2]-E[x]^2 variance; an empty batch's NaN is not that
-                    if fid not in ignore:
-                        keys.append(fid)
-                elif d.field not in ignored_fields:
-                    keys.append("value:" + d.field)
-            return sorted(set(keys))
+                if d.structural and d.finding == "nan-inf" and "cancellation" in ledger.known and \
+                        sc.reduction_size > 0:
+                    continue        # a negative E[x^2]-E[x]^2 variance; an empty batch's NaN is not that
+                if ledger.known_discrepancy(d, facets):
+                    blocked |= d.structural and d.finding in BLOCKING
+                    continue
+                keys.append(d.finding if d.structural else "value:" + d.field)
+            return sorted(set(keys)), blocked
 
         def check(sc: Scenario):
             sc = sc.with_(device=device)
             data = materialize(sc)
             trace = execute.run(impl, sc, data)
-            cmp = compare(sc, data, trace, base)
+            cmp = compare(sc, data, trace, ledger.base)
             res.cases += 1
             if cmp.declined is not None:     # not a test of this implementation: Hypothesis draws another
                 res.declined += 1
-                reject()
+                _skip()
+            keys, blocked = keys_of(sc, cmp)
+            if not keys and blocked:         # nothing but a failure named before, in its scope: excluded
+                res.excluded += 1
+                _skip()
             ratio = max((cmp.ratios.get(f, 0.0) for f in prop.values), default=0.0)
             label = dtype_label(sc)
             structural = any(d.structural and prop.owns(d) for d in cmp.discrepancies)
             res.ratios.add(math.inf if structural else ratio)
             if not any(d.structural or prop.owns(d) for d in cmp.discrepancies):   # a passing case: how close
                 res.worst[label] = max(res.worst.get(label, 0.0), ratio)         # to its budget it came
-            if prop.targeted and math.isfinite(ratio):
+            if prop.targeted and math.isfinite(ratio) and currently_in_test_context():
                 target(min(ratio, 1e6), label="error/budget")
-            keys = keys_of(sc, cmp)
             if keys:
                 last["case"] = (sc, data, trace, cmp)
                 raise _failure(keys[0])(f"{prop.name}: {keys} on {sc.describe()}")
@@ -123,40 +135,63 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             test._hypothesis_internal_use_seed = seed * 1000003 + index * 101 + rnd
         try:
             test()
-            break                       # the property holds (given what earlier rounds named)
+            failed = False              # the property holds outside what earlier rounds named
         except hypothesis.errors.Unsatisfiable:
-            break                       # every scenario drawn was declined: nothing to hold against it
+            failed = False              # every scenario drawn was declined or excluded: nothing left to hold
         except unittest.SkipTest:
-            break                       # no example ran: phases without generation and nothing stored to replay
+            failed = False              # no example ran: phases without generation and nothing stored to replay
         except PropertyFailure:
-            pass
-        if "case" not in last:
+            failed = True
+        if not failed and Phase.explicit in use:
+            failed = _edges(check, prop)
+        if not failed or "case" not in last:
             break
         sc, data, trace, cmp = last["case"]
-        owned = [d for d in cmp.discrepancies if prop.owns(d)]
-        named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, base, numeric_first=prop.targeted)
-        new = [n for n in named if n.id not in ignore]
-        if not new:
-            # named before (by an earlier property): assume it here too, and search on if that changes anything
-            before = (base, len(ignored_fields))
-            for n in named:
-                base = replace(base, **n.knobs)
-                if n.id in UNEXPLAINED:
-                    ignored_fields.update(d.field for d in owned if not d.structural)
-            if (base, len(ignored_fields)) == before:
-                break
-            continue
-        for n in new:
-            res.findings.append(Finding(n.id, prop.name, n.where, n.evidence, n.ratio, sc,
-                                        script(impl.name, impl.source, n.id, n.where, sc)))
-            ignore.add(n.id)
-            if n.knobs:
-                base = replace(base, **n.knobs)
-            if n.id in UNEXPLAINED:
-                ignored_fields.update(d.field for d in owned if not d.structural)
+        facets = sc.facets()
+        owned = [d for d in cmp.discrepancies if prop.owns(d) and not ledger.known_discrepancy(d, facets)]
+        before = ledger.base
+        named = diagnose.name(impl, sc, data, trace, cmp, prop.values, owned, before, numeric_first=prop.targeted)
+
+        def make(n):
+            return Finding(n.id, prop.name, n.where, n.evidence, n.ratio, sc,
+                           script(impl.name, impl.source, n.id, n.where, sc))
+        if named:
+            new, changed = ledger.record(impl, sc, named, prop.name, make, before, device)
+            res.findings.extend(new)
+            named_rounds += bool(new)
+        else:
+            values = [d for d in owned if not d.structural]
+            worst = max(values, key=lambda d: d.ratio) if values else None
+            changed = worst is not None and ledger.unattributed(
+                impl, sc, {d.field for d in values}, worst.where(sc), worst.detail, prop.name, before, device)
+        if not changed:
+            break                       # nothing learnt from this failure: searching on would find it again
     res.seconds = time.monotonic() - t0
-    res.assumed = base
+    res.assumed = ledger.base
     return res
+
+
+class _Skipped(Exception):
+    """A case that is not a test (declined, or excluded), outside a Hypothesis test (an edge input)."""
+
+
+def _skip():
+    if currently_in_test_context():
+        reject()                   # Hypothesis draws another
+    raise _Skipped
+
+
+def _edges(check, prop: Property) -> bool:
+    """The property's edge inputs (``Property.explicit``), tried on every run once the drawn examples pass (a
+    failure drawn and shrunk is the smaller reproducer); True when one fails."""
+    for sc in prop.explicit:
+        try:
+            check(sc)
+        except _Skipped:                # declined, or excluded by what was named
+            continue
+        except PropertyFailure:
+            return True
+    return False
 
 
 CAPABILITIES = {
@@ -189,13 +224,12 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
     t0 = time.monotonic()
     results = []
-    base, named = TORCH, frozenset()
+    ledger = Ledger()
     for i, prop in enumerate(props):
         if on_property:
             on_property(prop.name, None)     # started
-        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, base=base, named=named,
+        r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, ledger=ledger,
                             database=database, phases=phases)
-        base, named = r.assumed, named | {f.id for f in r.findings}
         results.append(r)
         if on_property:
             on_property(prop.name, r)
@@ -204,7 +238,7 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     # expected ids a shorter search did not reach: their directed probes, on top of what the search assumed
     if on_property:
         on_property("probes", None)
-    probed = probes.confirm_expected(impl, named, base, device)
+    probed = probes.confirm_expected(impl, ledger, device)
     if probed is not None:
         results.append(probed)
         if on_property:

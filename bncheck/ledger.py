@@ -1,0 +1,164 @@
+"""The ledger: what the search of one BatchNorm implementation has named so far, and where each finding holds.
+
+Every named finding gets a scope (``bncheck.scope``), derived on its minimal example by isolation: each facet of
+the scenario (rank, dtype, layout, affine, tracking, momentum, empty batch, ...) is changed on its own, and the
+facets whose change makes the failure go away are its region. From then on the search judges a case against the
+ledger (``Ledger.known_discrepancy``):
+
+* a structural discrepancy (a crash, a misshapen output, a missing error, ...) inside the scope of a finding named
+  from that discrepancy is that finding again: not a new failure (a case with nothing else to judge is excluded);
+* a value field inside the region where a knob-less finding explains it (``output-mismatch``,
+  ``low-precision-accumulation``, ``cancellation``, a consequence folded under a finding) is not judged there;
+* a knobbed finding's oracle knobs are assumed everywhere (``Ledger.base``).
+
+A later failure that the diagnosis names with an id already in the ledger is a *consequence*: the same cause seen
+elsewhere (another field, a later step, a region outside the scope). It widens that finding's scope and is listed
+under it as "also: ..." with its evidence, instead of ending the search or coming back under a second name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from . import execute
+from .compare import VALUE_FIELDS, Comparison, compare
+from .oracle import TORCH, Knobs
+from .results import Finding, Named
+from .scenario import FACETS, Scenario, materialize
+from .scope import Known, Region, Scope, isolate
+
+# Numeric findings whose model is approximate (or absent): the fields they were named from are not judged again
+# inside their scope, even where a knob emulates them.
+FIELD_EXPLAINING = {"output-mismatch", "cancellation", "low-precision-accumulation", "rank-wrong-results"}
+# Findings that make every value of their region wrong (an input rank computed wrongly): not one field, all of them
+ALL_FIELDS = {"rank-wrong-results", "rank-unsupported"}
+MAX_ALSO = 6          # consequences listed under one finding (more are counted)
+
+
+@dataclass
+class Ledger:
+    base: Knobs = TORCH
+    known: dict[str, Known] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)       # ids in the order they were named
+    triggers: dict[str, set] = field(default_factory=dict)   # id -> structural discrepancies it was named from
+    more: dict[str, int] = field(default_factory=dict)     # id -> consequences not listed
+    knobbed: list[str] = field(default_factory=list)       # ids named with knob settings, in order
+
+    @property
+    def ids(self) -> frozenset:
+        return frozenset(self.known)
+
+    # -- judging a case -----------------------------------------------------------------------------------------
+    def known_discrepancy(self, d, facets: dict) -> bool:
+        """``d`` is explained by a finding already named, here (see the module docstring)."""
+        if d.structural:
+            return any((k.id == d.finding or d.finding in self.triggers.get(k.id, ())) and k.covers(facets)
+                       for k in self.known.values())
+        return any(k.explains_field(d.field, facets) for k in self.known.values())
+
+    # -- recording ---------------------------------------------------------------------------------------------
+    def record(self, impl, sc: Scenario, named: list[Named], prop: str, make_finding, base_before: Knobs,
+               device: str = "cpu") -> tuple[list[Finding], bool]:
+        """Record one diagnosis: new ids become findings (returned), known ids widen their scope and are listed
+        under their finding as consequences. Returns (new findings, whether the ledger changed)."""
+        regions = derive_regions(impl, sc, named, base_before, device)
+        new, changed = [], False
+        for n in named:
+            region, lines = regions[n.id]
+            k = self.known.get(n.id)
+            if k is None:
+                k = self.known[n.id] = Known(n.id, Scope((region,)), blocking=n.trigger is not None)
+                f = make_finding(n)
+                f.scope = k.scope.describe(FACETS)
+                f.evidence = list(f.evidence[:1]) + [f"scope: {f.scope} ({'; '.join(lines)})"] + list(f.evidence[1:])
+                self.findings[n.id] = f
+                self.order.append(n.id)
+                new.append(f)
+                changed = True
+            else:
+                widened = k.scope.widen(region)
+                changed |= widened != k.scope
+                k.scope = widened
+                self.also(n.id, f"{n.where} in {prop} [{region.describe(FACETS)}]: "
+                                f"{n.evidence[0] if n.evidence else ''}")
+                self.findings[n.id].scope = k.scope.describe(FACETS)
+                if n.fields:          # the same cause in these fields here: not judged again in this region
+                    changed |= self._explain_fields(k, n.fields, region)
+            if n.trigger is not None and n.trigger not in self.triggers.setdefault(n.id, set()):
+                self.triggers[n.id].add(n.trigger)
+                changed = True
+            if n.knobs and n.id not in self.knobbed:
+                self.knobbed.append(n.id)
+            if n.knobs and replace(self.base, **n.knobs) != self.base:
+                self.base = replace(self.base, **n.knobs)
+                changed = True
+            if n.id in ALL_FIELDS and n.trigger is None:
+                changed |= self._explain_fields(k, VALUE_FIELDS, region)
+            elif n.id in FIELD_EXPLAINING and n.fields:
+                changed |= self._explain_fields(k, n.fields, region)
+        return new, changed
+
+    def unattributed(self, impl, sc: Scenario, fields, where: str, detail: str, prop: str, base_before: Knobs,
+                     device: str = "cpu") -> bool:
+        """A failure the diagnosis attributes to no new cause: within a few budgets of the model of a bug already
+        named, or where that model is undefined. It is listed under the latest knobbed finding, and its fields are
+        not judged again in its region. Returns whether the ledger changed."""
+        owner = self.knobbed[-1] if self.knobbed else None
+        if owner is None:
+            return False
+        n = Named(owner, where, [detail], fields=tuple(sorted(fields)))
+        region, _ = derive_regions(impl, sc, [n], base_before, device)[owner]
+        self.also(owner, f"{where} in {prop} [{region.describe(FACETS)}]: {detail} (within the model of this "
+                         f"finding, or where it is undefined)")
+        return self._explain_fields(self.known[owner], n.fields, region)
+
+    def _explain_fields(self, k: Known, fields, region: Region) -> bool:
+        changed = False
+        for f in fields:
+            old = k.fields.get(f, Scope())
+            widened = old.widen(region)
+            if widened != old:
+                k.fields[f] = widened
+                changed = True
+        return changed
+
+    def also(self, fid: str, line: str):
+        f = self.findings[fid]
+        if len(f.also) < MAX_ALSO:
+            if line not in f.also:
+                f.also.append(line)
+        else:
+            self.more[fid] = self.more.get(fid, 0) + 1
+
+
+def _fails(cmp: Comparison, n: Named) -> bool | None:
+    """Whether ``cmp`` shows what ``n`` was named from (None: declined, no evidence either way)."""
+    if cmp.declined is not None:
+        return None
+    if n.trigger is not None:
+        return any(d.finding == n.trigger for d in cmp.discrepancies)
+    return any(not d.structural and d.field in n.fields for d in cmp.discrepancies)
+
+
+def derive_regions(impl, sc: Scenario, named: list[Named], base: Knobs, device: str = "cpu") -> dict:
+    """For each named finding, (the region of its failure on ``sc``, evidence lines): ``scope.isolate`` with each
+    facet's variant run once. A finding is judged under ``base`` plus the knobs of the *other* findings named
+    with it, so each gets the region of its own failure."""
+    runs: dict = {}
+
+    def run(v: Scenario):
+        v = v.with_(device=device)
+        if v not in runs:
+            data = materialize(v)
+            runs[v] = (v, data, execute.run(impl, v, data))
+        return runs[v]
+    out = {}
+    for n in named:
+        others = {k: val for m in named if m.id != n.id for k, val in m.knobs.items()}
+        knobs = replace(base, **others)
+
+        def fails(v, n=n, knobs=knobs):
+            v, data, trace = run(v)
+            return _fails(compare(v, data, trace, knobs), n)
+        out[n.id] = isolate(sc, FACETS, fails)
+    return out
