@@ -15,6 +15,8 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     output      K * g(n) * [u_in * (cond_e + cond_m + cond_c * |xhat_e|) * |w_c| + u_out * (|y_e| + |b_c|)]
     running_mean K * g(n) * [u_p * (|(1-f) rm_old| + |f mean|) + f * u_in * (|mean| + std)]
     running_var  K * g(n) * [u_p * (|(1-f) rv_old| + |f var_unb|) + f * u_in * (var + |mean| std) * n/(n-1)]
+                 (both + K * u_p * (|old| + |batch|) where f itself is computed at run time: a zero-debiased
+                 f = w / (1 - (1 - w)^k), whose own relative error of a few u leaves 1 - f off by that much)
     dx (train)  K * g(n) * u_in * |w|/s * [|dy_e| + mean|dy| + (1 + |xhat_e|) * cond_c * (mean|dy xhat| + mean|dy|)]
                 + K * u_out * |dx_e|
     dx (eval)   K * (u_in * |dy_e| * |w| / s + u_out * |dx_e|)
@@ -130,20 +132,28 @@ def output(x, y_ref, center, var, eps, weight, bias, n, u_in, u_out, eps_outside
                             * w + u_out * (y_ref.abs() + b)) + K * underflow(u_out) + TINY
 
 
-def running_mean(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p):
+def _factor_term(factor_computed: bool, u_p: float, old, batch):
+    """A blend factor computed at run time (a zero-debiased w / (1 - (1 - w)^k)) carries its own relative error of
+    a few u; it moves the result by that times |batch - old|, even where 1 - w is exactly 0 (the first step)."""
+    return K * u_p * (old.abs() + batch.abs()) if factor_computed else 0.0
+
+
+def running_mean(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p, factor_computed=False):
     f = factor if factor is not None else 0.0
     std = batch_var.clamp_min(0).sqrt()
     return K * growth(n) * (u_p * ((1 - f) * old.abs() + f * batch_mean.abs() + new_ref.abs())
-                            + f * u_in * (batch_mean.abs() + std)) + TINY
+                            + f * u_in * (batch_mean.abs() + std)) \
+        + _factor_term(factor_computed, u_p, old, batch_mean) + TINY
 
 
-def running_var(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p, var_err=None):
+def running_var(old, new_ref, batch_mean, batch_var, factor, n, u_in, u_p, var_err=None, factor_computed=False):
     f = factor if factor is not None else 0.0
     bessel = n / (n - 1) if n > 1 else 1.0
     std = batch_var.clamp_min(0).sqrt()
     naive = 0.0 if var_err is None else var_err
     return K * growth(n) * (u_p * ((1 - f) * old.abs() + f * batch_var.abs() * bessel + new_ref.abs())
-                            + f * (u_in * (batch_var.abs() + batch_mean.abs() * std) + naive) * bessel) + TINY
+                            + f * (u_in * (batch_var.abs() + batch_mean.abs() * std) + naive) * bessel) \
+        + _factor_term(factor_computed, u_p, old, batch_var * bessel) + TINY
 
 
 def input_grad(x, dy, dx_ref, center, var, eps, weight, n, u_in, u_out, batch_stats: bool, var_err=None):

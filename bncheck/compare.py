@@ -211,8 +211,9 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
         if sc.track_running_stats and obs.before is not None:
             rm, rv = (_before(cmp, k, key, getattr(obs.before, key, None), c) for key in STAT_FIELDS)
             if rm is not None and rv is not None:
-                nbt = _count(getattr(obs.before, "num_batches_tracked", None))
-                st = O.State(rm, rv, own.num_batches_tracked if nbt is None else nbt)
+                # the counter is the oracle's own (under the knobs), not the one read back: a wrong counter is a
+                # discrepancy of num_batches_tracked, not a reason to blend the statistics with another factor
+                st = O.State(rm, rv, own.num_batches_tracked, own.trained)
         x, dy = data.xs[k], data.dys[k]
         res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs)
         alt = None
@@ -352,9 +353,11 @@ def _stats(cmp: Comparison, k: int, obs: Observation, st: O.State, res: O.StepRe
     bm, bv = torch.nan_to_num(bm), torch.nan_to_num(bv)
     f = res.factor
     _values(cmp, k, "running_mean", after.running_mean, new.running_mean,
-            B.running_mean(st.running_mean, new.running_mean, bm, bv, f, n, u_in, u_p), pdt)
+            B.running_mean(st.running_mean, new.running_mean, bm, bv, f, n, u_in, u_p,
+                           factor_computed=res.factor_computed), pdt)
     _values(cmp, k, "running_var", after.running_var, new.running_var,
-            B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p, var_err=res.batch_var_err), pdt)
+            B.running_var(st.running_var, new.running_var, bm, bv, f, n, u_in, u_p, var_err=res.batch_var_err,
+                          factor_computed=res.factor_computed), pdt)
     got = getattr(after, "num_batches_tracked", None)
     if got is not None and _count(got) != new.num_batches_tracked:
         shown = got if isinstance(got, (int, float)) else f"{type(got).__name__} {str(got)[:40]}"

@@ -455,7 +455,8 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
             reached = [d for d in values if d.field in NUMERIC_FIELDS[fid]]
             if not reached:
                 continue
-            why = probe(impl, sc, base)
+            # with the defect already assumed (its knob), its probe would see no growth: probe without it
+            why = probe(impl, sc, replace(base, naive_variance=None) if fid == "cancellation" else base)
             if why:
                 worst = max(reached, key=lambda d: d.ratio)
                 add(fid, worst, [worst.detail, why], knobs=NUMERIC_KNOBS.get(fid), fields={d.field for d in reached})

@@ -24,11 +24,19 @@ from .compare import VALUE_FIELDS, Comparison, compare
 from .oracle import TORCH, Knobs
 from .results import Finding, Named
 from .scenario import FACETS, Scenario, materialize
-from .scope import Known, Region, Scope, isolate
+from .scope import Condition, Known, Region, Scope, isolate
 
 # Numeric findings whose model is approximate (or absent): the fields they were named from are not judged again
 # inside their scope, even where a knob emulates them.
 FIELD_EXPLAINING = {"output-mismatch", "cancellation", "low-precision-accumulation", "rank-wrong-results"}
+# Numeric defects whose region is set by the mechanism their probe established, not by one example's isolation (a
+# marginal error on one example comes and goes with any change of its data): a variance by E[x^2]-E[x]^2 fails where
+# |mean|/std is large (the adversarial inputs), a sum in half precision wherever the input is half.
+MECHANISM = {
+    "cancellation": Region(frozenset([Condition("input", frozenset({"offset", "constant-channel", "tiny-variance"}))])),
+    "low-precision-accumulation": Region(frozenset([Condition("dtype", frozenset(
+        {"float16", "bfloat16", "float16 input, float32 params", "bfloat16 input, float32 params"}))])),
+}
 # Findings that make every value of their region wrong (an input rank computed wrongly): not one field, all of them
 ALL_FIELDS = {"rank-wrong-results", "rank-unsupported"}
 MAX_ALSO = 6          # consequences listed under one finding (more are counted)
@@ -61,7 +69,10 @@ class Ledger:
                device: str = "cpu") -> tuple[list[Finding], bool]:
         """Record one diagnosis: new ids become findings (returned), known ids widen their scope and are listed
         under their finding as consequences. Returns (new findings, whether the ledger changed)."""
-        regions = derive_regions(impl, sc, named, base_before, device)
+        regions = derive_regions(impl, sc, [n for n in named if n.id not in MECHANISM], base_before, device)
+        for n in named:
+            if n.id in MECHANISM:
+                regions[n.id] = (MECHANISM[n.id], ["the region of its mechanism, shown by its probe"])
         new, changed = [], False
         for n in named:
             region, lines = regions[n.id]

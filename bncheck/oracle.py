@@ -23,6 +23,7 @@ class Knobs:
     momentum_debias: bool = False           # zero-debiased moving average (TensorFlow's ExponentialMovingAverage
                                             # with zero_debias=True): training step k weights the batch by
                                             # w / (1 - (1 - w)^k), w the batch's weight; the first step copies it
+                                            # (a momentum only: momentum=None stays a cumulative average)
     counter: str = "torch"                  # num_batches_tracked: torch (+1 per training step) | frozen (never
                                             # counts) | double (+2) | eval-too (also counts in eval steps)
     running_var_unbiased: bool = True       # running_var update with n/(n-1)
@@ -71,10 +72,12 @@ class State:
     running_mean: torch.Tensor | None = None   # float64 (C,)
     running_var: torch.Tensor | None = None
     num_batches_tracked: int = 0
+    trained: int = 0       # training updates so far, as torch counts them (the cumulative average's count)
 
     def clone(self) -> "State":
         return State(None if self.running_mean is None else self.running_mean.clone(),
-                     None if self.running_var is None else self.running_var.clone(), self.num_batches_tracked)
+                     None if self.running_var is None else self.running_var.clone(), self.num_batches_tracked,
+                     self.trained)
 
 
 @dataclass
@@ -97,7 +100,8 @@ class StepResult:
     batch_mean: torch.Tensor | None = None
     batch_var: torch.Tensor | None = None
     n: int = 0
-    factor: float | None = None       # the running-stat update factor used, if any
+    factor: float | None = None       # the running-stat update factor used, if any (the batch's weight)
+    factor_computed: bool = False     # the factor is computed at run time (zero-debiased), with its own roundoff
     used_batch_stats: bool = False
     # naive_variance: how far a variance computed that way may be from the one emulated here, per channel (C,),
     # of the batch variance and of the variance the output is normalised with (None: a stable variance)
@@ -182,7 +186,7 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
         res.state.num_batches_tracked += count
     if track and knobs.update_stats and (mode or knobs.update_in_eval):
         st = res.state
-        k = before.num_batches_tracked + 1       # this update's number, counted as torch counts
+        st.trained = k = before.trained + 1      # this update's number, counted as torch counts
         st.num_batches_tracked += count
         if n_torch > 0:
             if knobs.momentum_override is not None:
@@ -192,8 +196,9 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
             else:
                 f = cfg.momentum
             w = 1 - f if knobs.momentum_direction == "inverted" else f     # the batch's weight
-            if knobs.momentum_debias and 0 < w < 1:
-                w = w / (1 - (1 - w) ** k)
+            if knobs.momentum_debias and cfg.momentum is not None and 0 < w < 1:
+                w = min(1.0, w / (1 - (1 - w) ** k))   # (the first step copies the batch: exactly 1)
+                res.factor_computed = True
             res.factor = w
             bm = res.batch_mean
             bv = res.batch_var
@@ -297,7 +302,7 @@ class OracleBatchNorm(_NormBase):
             raise ValueError(f"expected 2D to 5D input (got {x.dim()}D input)")
         track = self.cfg.track_running_stats
         state = State(self.running_mean.double() if track else None, self.running_var.double() if track else None,
-                      int(self.num_batches_tracked) if track else 0)
+                      int(self.num_batches_tracked) if track else 0, int(self.num_batches_tracked) if track else 0)
         w = None if self.weight is None else self.weight.double()
         b = None if self.bias is None else self.bias.double()
         res = forward(x.double().contiguous(), w, b, state, self.cfg, training=self.training,

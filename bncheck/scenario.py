@@ -169,7 +169,7 @@ FACETS = {f.name: f for f in [
     Facet("no_grad step", lambda s: any(not st.grad for st in s.steps),
           lambda s: s.with_(steps=tuple(Step(st.train, True) for st in s.steps))
           if any(not st.grad for st in s.steps) else None, _flag("a no_grad step", "grad enabled in every step")),
-    Facet("input", lambda s: s.distribution if not s.offset else f"{s.distribution} (offset {s.offset:g})",
+    Facet("input", lambda s: s.distribution,
           lambda s: None if s.distribution == "normal" else s.with_(distribution="normal", offset=0.0),
           _show("input")),
     Facet("eps", lambda s: s.eps, lambda s: None if s.eps == 1e-5 else s.with_(eps=1e-5), _show("eps", "{:g}".format)),

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bncheck                                   # noqa: E402
 from bncheck.catalog import CATALOG               # noqa: E402
 from zoo import mutants as M                      # noqa: E402
-from zoo.mutants import MUTANTS                   # noqa: E402
+from zoo.mutants import MUTANTS, findings_of      # noqa: E402
 from zoo.reference import CORRECT, LOW_PRECISION, ScratchBN   # noqa: E402
 
 PLUGIN_FILE = Path(__file__).resolve().parent / "zoo" / "plugins.py"
@@ -726,6 +726,36 @@ def test_affine_false_crash_exposed():
     assert r.error is None and isinstance(g.error, AttributeError)
 
 
+def test_zero_debiased_average_exposed():
+    cfg = Cfg(momentum=0.3, steps=(("train", True), ("train", True)))
+    _, _, refs, gots = trace_pair(M.ZeroDebiasedAverage, cfg)
+    m1, m2 = batch_stats64(refs[0].x)[0], batch_stats64(refs[1].x)[0]
+    assert close(gots[0].state["running_mean"], m1)                      # the first step copies the batch
+    w2 = 0.3 / (1 - 0.7 ** 2)
+    assert close(gots[1].state["running_mean"], (1 - w2) * m1 + w2 * m2)
+    assert close(refs[1].state["running_mean"], 0.7 * 0.3 * m1 + 0.3 * m2)
+
+
+def test_counter_frozen_exposed():
+    cfg = Cfg(momentum=None, steps=(("train", True), ("train", True)))
+    _, _, refs, gots = trace_pair(M.CounterFrozen, cfg)
+    assert int(refs[1].state["num_batches_tracked"]) == 2 and int(gots[1].state["num_batches_tracked"]) == 0
+    assert close(gots[1].state["running_mean"], refs[1].state["running_mean"])
+
+
+def test_reduced_precision_exposed():
+    _, _, (r,), (g,) = one_train_step(M.ReducedPrecision, Cfg(dtype=torch.float64))
+    assert g.y.dtype == torch.float64 and far(g.y, r.y, 1e-12) and close(g.y, r.y, 1e-5)
+    assert torch.equal(g.y.float().double(), g.y)          # float32 numbers in a float64 tensor
+
+
+def test_affine_false_crash_missing_error_exposed():
+    _, _, (r,), (g,) = one_train_step(M.AffineFalseCrashMissingError, Cfg(affine=False))
+    assert r.error is None and isinstance(g.error, AttributeError)
+    _, _, (r,), (g,) = one_train_step(M.AffineFalseCrashMissingError, Cfg(ndim=2, batches=(1,)))
+    assert isinstance(r.error, ValueError) and g.error is None
+
+
 # -- ... and nowhere else ----------------------------------------------------------------------------------------
 
 EVAL_ONLY = (("eval", True), ("eval", False))
@@ -777,6 +807,10 @@ SILENT = {      # mutant -> scenarios where its defect cannot show, so it must a
                            Cfg(ndim=2, batch=8), Cfg(xdtype=torch.float16, channels_last=True),
                            Cfg(momentum=None, batches=(0, 4))],
     "stats-updated-before-eval-output": [Cfg(steps=TRAIN_ONLY), Cfg(track=False, steps=TRAIN_EVAL_NOGRAD)],
+    "zero-debiased-average": [Cfg(momentum=None), Cfg(momentum=1.0), Cfg(track=False)],
+    "counter-frozen": [Cfg(track=False), Cfg(random_state=True, steps=EVAL_ONLY)],
+    "reduced-precision": [Cfg(), Cfg(xdtype=torch.float16)],
+    "affine-false-crash-missing-error": [Cfg(), Cfg(track=False)],
 }
 
 
@@ -785,7 +819,8 @@ def test_every_mutant_has_silent_scenarios_and_an_exposing_test():
     tests = {name for name in globals() if name.startswith("test_") and name.endswith("_exposed")}
     for name, cls in MUTANTS.items():
         key = name.replace("-", "_")
-        assert f"test_{key}_exposed" in tests or f"test_{cls.finding.replace('-', '_')}_exposed" in tests, name
+        assert f"test_{key}_exposed" in tests or any(f"test_{f.replace('-', '_')}_exposed" in tests
+                                                     for f in findings_of(cls)), name
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
@@ -800,11 +835,12 @@ def test_mutants_declare_catalog_findings():
     assert len(MUTANTS) >= 25
     for name, cls in MUTANTS.items():
         assert issubclass(cls, ScratchBN), name
-        assert cls.finding in CATALOG, f"{name}: unknown finding {cls.finding!r}"
-        assert CATALOG[cls.finding].kind == "batchnorm", name
+        for fid in findings_of(cls):
+            assert fid in CATALOG, f"{name}: unknown finding {fid!r}"
+            assert CATALOG[fid].kind == "batchnorm", name
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         assert len(summary) > 20 and summary.endswith("."), f"{name}: the docstring must state the defect"
-    covered = {cls.finding for cls in MUTANTS.values()}
+    covered = set().union(*(findings_of(cls) for cls in MUTANTS.values()))
     assert len(covered) >= 25, sorted(covered)
 
 
@@ -813,12 +849,11 @@ def test_plugins_register_the_zoo():
     assert reg.errors == []
     zoo_plugins = sys.modules[next(iter(reg.implementations.values())).build.__module__]
     assert sorted(zoo_plugins.ZOO_CORRECT) == sorted(f"zoo-correct-{n}" for n in CORRECT)
-    assert zoo_plugins.ZOO_MUTANTS == {f"zoo-{n}": cls.finding for n, cls in MUTANTS.items()}
+    assert zoo_plugins.ZOO_MUTANTS == {f"zoo-{n}": findings_of(cls) for n, cls in MUTANTS.items()}
     assert set(reg.implementations) == set(zoo_plugins.ZOO_CORRECT) | set(zoo_plugins.ZOO_MUTANTS)
     for name, impl in reg.implementations.items():
         assert impl.kind == "batchnorm" and Path(impl.origin).resolve() == PLUGIN_FILE
-        assert impl.expect == (frozenset({zoo_plugins.ZOO_MUTANTS[name]}) if name in zoo_plugins.ZOO_MUTANTS
-                               else frozenset())
+        assert impl.expect == (zoo_plugins.ZOO_MUTANTS[name] if name in zoo_plugins.ZOO_MUTANTS else frozenset())
         spec = bncheck.Spec(num_features=4, ndim=3, eps=1e-3, momentum=None, affine=False,
                             track_running_stats=True, dtype=torch.float64)
         mod = impl.build(spec)

@@ -464,6 +464,58 @@ class StatsUpdatedBeforeEvalOutput(ScratchBN):
         return super().forward(x)
 
 
+# -- semantics seen in real libraries ----------------------------------------------------------------------------
+
+class ZeroDebiasedAverage(ScratchBN):
+    """The running statistics are zero-debiased moving averages: training step k weights the batch by m / (1 - (1 - m)^k).
+
+    TensorFlow's ExponentialMovingAverage(zero_debias=True) family: the first training step copies the batch
+    statistics. momentum=None (torch's cumulative average) and the ends 0 and 1 are left as torch has them.
+    """
+    finding = "zero-debiased-average"
+
+    def _momentum_factor(self):
+        m = self.momentum
+        if m is None or m in (0.0, 1.0):
+            return super()._momentum_factor()
+        return m / (1 - (1 - m) ** float(self.num_batches_tracked))
+
+
+class CounterFrozen(ScratchBN):
+    """num_batches_tracked never counts; the running statistics are torch's (the cumulative average counts for itself).
+    """
+    finding = "num-batches-tracked-wrong"
+
+    def _count_batch(self):
+        self._updates = getattr(self, "_updates", 0) + 1
+
+    def _momentum_factor(self):
+        return 1.0 / self._updates if self.momentum is None else self.momentum
+
+
+class ReducedPrecision(ScratchBN):
+    """A float64 input is computed in float32 and cast back (statistics, output and gradients at float32 precision)."""
+    finding = "reduced-precision"
+
+    def _compute_dtype(self, x):
+        return torch.float32 if x.dtype in LOW_PRECISION + (torch.float64,) else x.dtype
+
+
+class AffineFalseCrashMissingError(ScratchBN):
+    """Two defects, one behind the other: affine=False raises AttributeError, and one value per channel in training is accepted.
+
+    Every scenario with one value per channel and affine=False crashes first; the missing check shows with affine=True.
+    """
+    finding = ("crash", "missing-error")
+
+    def _check_batch_size(self, x):
+        pass
+
+    def _affine(self, y):
+        shape = bcast_shape(y)
+        return y * self.weight.to(y.dtype).reshape(shape) + self.bias.to(y.dtype).reshape(shape)
+
+
 MUTANTS: dict[str, type[ScratchBN]] = {
     "inverted-momentum": InvertedMomentum,
     "momentum-ignored": MomentumIgnored,
@@ -505,4 +557,13 @@ MUTANTS: dict[str, type[ScratchBN]] = {
     "affine-false-crash": AffineFalseCrash,
     "flatten-view-crash": FlattenViewCrash,
     "stats-updated-before-eval-output": StatsUpdatedBeforeEvalOutput,
+    "zero-debiased-average": ZeroDebiasedAverage,
+    "counter-frozen": CounterFrozen,
+    "reduced-precision": ReducedPrecision,
+    "affine-false-crash-missing-error": AffineFalseCrashMissingError,
 }
+
+
+def findings_of(cls) -> frozenset:
+    """The catalog ids a mutant must be reported with (one, or several for a mutant with defects behind each other)."""
+    return frozenset([cls.finding] if isinstance(cls.finding, str) else cls.finding)

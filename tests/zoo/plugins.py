@@ -11,11 +11,11 @@ from pathlib import Path
 import bncheck
 
 try:                                    # imported as part of the tests.zoo / zoo package
-    from .mutants import MUTANTS
+    from .mutants import MUTANTS, findings_of
     from .reference import CORRECT
 except ImportError:                     # loaded by file path, as bncheck's plugin loader does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from zoo.mutants import MUTANTS
+    from zoo.mutants import MUTANTS, findings_of
     from zoo.reference import CORRECT
 
 
@@ -29,12 +29,12 @@ def _builder(cls):
 
 
 ZOO_CORRECT: list[str] = []
-ZOO_MUTANTS: dict[str, str] = {}
+ZOO_MUTANTS: dict[str, frozenset] = {}
 
 for _name, _cls in CORRECT.items():
     bncheck.implementation(f"zoo-correct-{_name}")(_builder(_cls))
     ZOO_CORRECT.append(f"zoo-correct-{_name}")
 
 for _name, _cls in MUTANTS.items():
-    bncheck.implementation(f"zoo-{_name}", expect={_cls.finding})(_builder(_cls))
-    ZOO_MUTANTS[f"zoo-{_name}"] = _cls.finding
+    bncheck.implementation(f"zoo-{_name}", expect=findings_of(_cls))(_builder(_cls))
+    ZOO_MUTANTS[f"zoo-{_name}"] = findings_of(_cls)
