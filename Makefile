@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= default
 SEED    ?= 0
 
-.PHONY: run test test-all bench setup clean
+.PHONY: run test test-all bench docs setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv --system-site-packages $(VENV)   # reuses an installed torch when it satisfies the requirement
@@ -28,6 +28,9 @@ test-all: setup       ## including the slow mutant-zoo searches over several see
 
 bench: setup          ## harness speed benchmarks (pytest-benchmark)
 	$(BIN)/python -m pytest -q --benchmark-only tests/benchmarks
+
+docs: setup          ## regenerate docs/catalog.md from bncheck/catalog.py
+	$(BIN)/bncheck catalog --out docs/catalog.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

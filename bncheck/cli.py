@@ -1,4 +1,4 @@
-"""Command line: ``bncheck run | list | repro | bench | report | diff``.
+"""Command line: ``bncheck run | list | repro | bench | report | diff | catalog``.
 
 Exit status of ``run``: 0 when every implementation's findings equal its ``expect`` set (an expected id that neither
 the search nor its directed probe reproduces is a warning), 1 when a finding is unexpected, an expected one is not
@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("head", metavar="HEAD.json", help="the later report")
     d.add_argument("--md", default=None, metavar="FILE", help="also write the Markdown here")
     d.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON here")
+
+    c = sub.add_parser("catalog", help="write the finding catalog as Markdown (the page docs/catalog.md)")
+    c.add_argument("--out", default="-", metavar="PATH", help="where to write (default, or '-': standard output)")
 
     b = sub.add_parser("bench", help="time implementations against torch native")
     plugin_args(b)
@@ -296,12 +299,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_catalog(args) -> int:
+    from .catalog_doc import render
+    from .report.files import atomic_write
+    text = render()
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: a directory (give a file, e.g. docs/catalog.md)")
+    atomic_write(Path(args.out), text)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)          # argparse exits 2 naming a bad flag or value
     try:
         return {"run": cmd_run, "list": cmd_list, "repro": cmd_repro, "bench": cmd_bench,
-                "report": cmd_report, "diff": cmd_diff}[args.command](args)
+                "report": cmd_report, "diff": cmd_diff, "catalog": cmd_catalog}[args.command](args)
     except UsageError as e:
         print(f"bncheck {args.command}: error: {e}", file=sys.stderr)
         return 2
