@@ -26,8 +26,8 @@ test: setup           ## the test suite CI runs
 test-all: setup       ## including the slow mutant-zoo searches over several seeds
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
 
-bench: setup          ## harness speed benchmarks (pytest-benchmark)
-	$(BIN)/python -m pytest -q --benchmark-only tests/benchmarks
+bench: setup          ## speed benchmarks (pytest-benchmark): kernels and the harness, saved to reports/harness-bench.json
+	$(BIN)/python -m pytest -q --benchmark-only --benchmark-json reports/harness-bench.json tests/benchmarks
 
 docs: setup          ## regenerate docs/catalog.md from bncheck/catalog.py
 	$(BIN)/bncheck catalog --out docs/catalog.md

@@ -8,9 +8,15 @@ not expected fails it (the message is ``assert_conforms``'s), expected ones make
 is an xfail while every declared id is reproduced and an XPASS when one is not (a failure under
 ``--bncheck-strict``). Without ``--bncheck`` nothing is collected and nothing is imported beyond the options.
 
-The Hypothesis profile in force is honoured: its example database (a directory) is where searches replay from and
-save to, so a failure found once is replayed first; its phases limit the search's; with ``derandomize`` (or
-``--bncheck-seed N``) the search is seeded, otherwise a seed is drawn per session and shown in the header.
+The Hypothesis profile in force is honoured: its example database is where searches replay from and save to, so a
+failure found once is replayed first (a directory is used as it is; any other database, e.g. Redis, through a local
+copy: ``bncheck.exampledb``); its phases limit the search's; with ``derandomize`` (or ``--bncheck-seed N``) the
+search is seeded, otherwise a seed is drawn per session and shown in the header.
+
+Under pytest-xdist (``-n N``) every worker collects the same items and checks an implementation when it runs the
+first item of it, once per worker, with the seed and database of the controlling process. Each item is marked
+``xdist_group(name=IMPL)``: with ``--dist loadgroup`` an implementation's items all go to one worker, so each
+implementation is checked once.
 
 The fixture ``bncheck`` gives ``check`` and ``assert_conforms`` with these options as defaults.
 """
@@ -28,6 +34,7 @@ from .registry import Registry, object_source
 
 PREFIX = "bncheck-"
 EXPECTED_ITEM = "expected"
+WORKERINPUT = "bncheck"          # what a pytest-xdist controller hands its workers (seed, database)
 _STATE = pytest.StashKey()
 
 
@@ -56,12 +63,28 @@ class _State:
                 self.options.validate()
         except OptionError as e:
             raise pytest.UsageError(str(e)) from None
-        self.database, self.phases, derandomize = hypothesis_settings()
-        seed = self.options.seed
-        self.seed_source = "--bncheck-seed" if seed is not None else "derandomize" if derandomize else "drawn"
-        if seed is None:
-            seed = 0 if derandomize else random.SystemRandom().randrange(2 ** 16)
-        self.seed = seed
+        self.mirror = None                        # a local copy of a database that is not a directory
+        db, self.phases, derandomize = hypothesis_settings()
+        given = _worker_input(config)
+        if given is not None:                     # an xdist worker: the controller's seed and database
+            self.seed, self.seed_source, self.database = given["seed"], given["seed_source"], given["database"]
+            self.database_shown = given["database_shown"]
+        else:
+            seed = self.options.seed
+            self.seed_source = "--bncheck-seed" if seed is not None else "derandomize" if derandomize else "drawn"
+            if seed is None:
+                seed = 0 if derandomize else random.SystemRandom().randrange(2 ** 16)
+            self.seed = seed
+            if db is None or isinstance(db, str):
+                self.database = self.database_shown = db
+            else:
+                from .exampledb import Mirror
+                try:
+                    self.mirror = Mirror(db)
+                    self.mirror.pull()
+                except Exception as e:
+                    raise pytest.UsageError(f"Hypothesis example database {db!r}: {type(e).__name__}: {e}") from None
+                self.database, self.database_shown = self.mirror.path, repr(self.mirror)
         self.impls: dict[str, object] = {}        # name -> Implementation, in the order found
         self.load_errors: list = []
         self.results: dict[str, object] = {}
@@ -87,20 +110,35 @@ class _State:
         return self.results[name]
 
 
-def hypothesis_settings() -> tuple[str | None, list[str], bool]:
-    """From the Hypothesis profile in force: the example database's directory (None when it is not a directory
-    database), the phases' names, and ``derandomize``."""
+def hypothesis_settings() -> tuple[object, list[str], bool]:
+    """From the Hypothesis profile in force: the example database (its directory when it is a directory database,
+    None when there is none, the database itself otherwise), the phases' names, and ``derandomize``."""
     from hypothesis import settings
     from hypothesis.database import DirectoryBasedExampleDatabase
     s = settings.default
     db = s.database
-    path = str(Path(db.path).resolve()) if isinstance(db, DirectoryBasedExampleDatabase) else None
-    return path, [p.name for p in s.phases], bool(s.derandomize)
+    if isinstance(db, DirectoryBasedExampleDatabase):
+        db = str(Path(db.path).resolve())
+    return db, [p.name for p in s.phases], bool(s.derandomize)
+
+
+def _worker_input(config) -> dict | None:
+    """In a pytest-xdist worker, what the controller handed it (None elsewhere)."""
+    return getattr(config, "workerinput", {}).get(WORKERINPUT)
+
+
+@pytest.hookimpl(optionalhook=True)      # a pytest-xdist hook, called in the controller for each worker it starts
+def pytest_configure_node(node):
+    st = node.config.stash.get(_STATE, None)
+    if st is not None:
+        node.workerinput[WORKERINPUT] = dict(seed=st.seed, seed_source=st.seed_source, database=st.database,
+                                             database_shown=st.database_shown)
 
 
 @pytest.hookimpl(trylast=True)           # after Hypothesis' plugin has loaded its profile
 def pytest_configure(config):
     config.addinivalue_line("markers", "bncheck: a bncheck conformance item (bncheck::IMPL::PROPERTY)")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's --dist loadgroup runs a group on one worker")
     if _enabled(config):
         config.stash[_STATE] = _State(config)
 
@@ -111,6 +149,13 @@ def _state(config) -> _State:
     return config.stash[_STATE]
 
 
+def pytest_unconfigure(config):
+    st = config.stash.get(_STATE, None)
+    if st is not None and st.mirror is not None:      # what the searches saved goes back to the shared database
+        st.mirror.push()
+        st.mirror.close()
+
+
 def pytest_report_header(config):
     if not _enabled(config):
         return None
@@ -118,7 +163,7 @@ def pytest_report_header(config):
     how = {"--bncheck-seed": "", "derandomize": " (Hypothesis derandomize)",
            "drawn": f" (drawn; repeat with --bncheck-seed {st.seed})"}[st.seed_source]
     return [f"bncheck: profile {st.options.profile}, seed {st.seed}{how}, Hypothesis database "
-            f"{st.database or 'none'}"]
+            f"{st.database_shown or 'none'}"]
 
 
 def pytest_pycollect_makeitem(collector, name, obj):
@@ -182,8 +227,9 @@ def pytest_collection_modifyitems(session, config, items):
             names.append(EXPECTED_ITEM)
         for prop in names:
             nodeid = f"bncheck::{impl.name}::{prop}"
-            new.append(BncheckItem.from_parent(session, name=nodeid, nodeid=nodeid, impl=impl, prop=prop,
-                                               props=names))
+            item = BncheckItem.from_parent(session, name=nodeid, nodeid=nodeid, impl=impl, prop=prop, props=names)
+            item.add_marker(pytest.mark.xdist_group(name=impl.name))    # --dist loadgroup: one worker per impl
+            new.append(item)
     items.extend(new)
     # reported as collected, so the counts ("collected N items / M deselected") include them
     config.hook.pytest_collectreport(report=pytest.CollectReport("bncheck", "passed", None, new))
@@ -232,7 +278,10 @@ class BncheckItem(_Item):
 
     def runtest(self):
         st = self.config.stash[_STATE]
-        pending = [i.impl.name for i in self.session.items if isinstance(i, BncheckItem)]
+        if _worker_input(self.config) is None:
+            pending = [i.impl.name for i in self.session.items if isinstance(i, BncheckItem)]
+        else:    # an xdist worker runs only the items sent to it, not all it collected: this implementation alone
+            pending = []
         result = st.result(self.impl.name, pending)
         from .api import failure_message
         strict = st.options.strict
