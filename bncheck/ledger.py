@@ -29,13 +29,17 @@ from .scope import Condition, Known, Region, Scope, isolate
 # Numeric findings whose model is approximate (or absent): the fields they were named from are not judged again
 # inside their scope, even where a knob emulates them.
 FIELD_EXPLAINING = {"output-mismatch", "cancellation", "low-precision-accumulation", "rank-wrong-results"}
-# Numeric defects whose region is set by the mechanism their probe established, not by one example's isolation (a
-# marginal error on one example comes and goes with any change of its data): a variance by E[x^2]-E[x]^2 fails where
-# |mean|/std is large (the adversarial inputs), a sum in half precision wherever the input is half.
+# Findings whose region is set by their mechanism, not by one example's isolation. Numeric defects: a marginal error
+# on one example comes and goes with any change of its data, but a variance by E[x^2]-E[x]^2 fails where |mean|/std
+# is large (the adversarial inputs) and a sum in half precision wherever the input is half, as their probes show.
+# Errors: torch rejects one value per channel in training, and that is where an error can be missing.
 MECHANISM = {
     "cancellation": Region(frozenset([Condition("input", frozenset({"offset", "constant-channel", "tiny-variance"}))])),
     "low-precision-accumulation": Region(frozenset([Condition("dtype", frozenset(
         {"float16", "bfloat16", "float16 input, float32 params", "bfloat16 input, float32 params"}))])),
+    # what torch rejects (and the implementation accepts, or rejects otherwise): one value per channel in training
+    "missing-error": Region(frozenset([Condition("one value per channel", frozenset({True}))])),
+    "error-type": Region(frozenset([Condition("one value per channel", frozenset({True}))])),
 }
 # Findings that make every value of their region wrong (an input rank computed wrongly): not one field, all of them
 ALL_FIELDS = {"rank-wrong-results", "rank-unsupported"}

@@ -157,6 +157,7 @@ class PropertyResult:
     worst: dict = field(default_factory=dict)        # dtype label -> worst error/budget over passing cases
     seconds: float = 0.0
     assumed: Any = None            # what the search assumed by its end (kind-specific, e.g. the oracle's knobs)
+    spent: Any = None              # how it spent its share of the plugin's time budget (``spend.Spent``), if timed
     ratios: RatioHistogram = field(default_factory=RatioHistogram)   # every compared case's error/budget
 
 
@@ -167,6 +168,8 @@ class PropertySummary:
     declined: int = 0
     findings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    excluded: int = 0              # cases inside the scope of a crash named before
+    spent: str = ""                # how its share of the time budget went (cases skipped, share spent), if timed
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -410,7 +413,9 @@ def summary(impl, kind: str, results: list, caps: dict, seconds: float, size: Ca
         findings=[best[k].result() for k in sorted(best)],
         worst_ratio_by_dtype=dict(sorted(worst.items())),
         properties={r.name: PropertySummary(r.cases, r.declined, sorted({f.id for f in r.findings}),
-                                            round(r.seconds, 2)) for r in results},
+                                            round(r.seconds, 2), r.excluded,
+                                            r.spent.describe() if r.spent is not None else "")
+                    for r in results},
         capabilities=dict(caps), seconds=round(seconds, 2), world_sizes=list(world_sizes), ratios=ratios)
 
 

@@ -32,6 +32,7 @@ from .registry import Implementation
 from .repro import script
 from .results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
 from .scenario import Scenario, materialize
+from .spend import Spending, Spent
 from .spec import Spec
 
 PROFILES = {
@@ -60,16 +61,20 @@ def dtype_label(sc: Scenario) -> str:
 
 def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
                     device: str = "cpu", index: int = 0, ledger: Ledger | None = None, database: str | None = None,
-                    phases=None) -> PropertyResult:
+                    phases=None, spending: Spending | None = None, share_s: float | None = None) -> PropertyResult:
     """``ledger``: what earlier properties named, where each finding holds and the oracle knobs they established
     (updated in place); this property searches outside those scopes, with those knobs assumed, so a bug named once
     is neither re-diagnosed (and mis-named) nor a reason to stop. ``database``: a Hypothesis example directory to
     replay from and save to (None: none); ``phases``: names of the Hypothesis phases allowed (None: all the
-    search uses)."""
+    search uses). ``spending``: the plugin's configurations seen and their measured cost (``spend.py``);
+    ``share_s``: this property's share of the plugin's time budget (None: no limit)."""
     conf = PROFILES[profile]
     ledger = ledger if ledger is not None else Ledger()
+    spending = spending if spending is not None else Spending(None)
     res = PropertyResult(prop.name)
+    res.spent = Spent(share_s)
     t0 = time.monotonic()
+    deadline = None if share_s is None else t0 + share_s
     named_rounds = 0
     for rnd in range(conf["rounds"] * CONSEQUENCE_ROUNDS):
         if named_rounds >= conf["rounds"]:
@@ -95,8 +100,15 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
 
         def check(sc: Scenario):
             sc = sc.with_(device=device)
+            if deadline is not None and time.monotonic() > deadline + (share_s if "case" in last else 0.0):
+                raise _OutOfTime          # (a failure found is shrunk for up to one more share)
+            if not spending.affordable(sc, deadline):
+                res.spent.skipped += 1    # it would compile a new configuration the share cannot pay for
+                _skip()
             data = materialize(sc)
+            started = time.monotonic()
             trace = execute.run(impl, sc, data)
+            spending.ran(sc, time.monotonic() - started, res.spent)
             cmp = compare(sc, data, trace, ledger.base)
             res.cases += 1
             if cmp.declined is not None:     # not a test of this implementation: Hypothesis draws another
@@ -142,8 +154,13 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             failed = False              # no example ran: phases without generation and nothing stored to replay
         except PropertyFailure:
             failed = True
-        if not failed and Phase.explicit in use:
-            failed = _edges(check, prop)
+        except _OutOfTime:
+            failed, res.spent.ran_out = "case" in last, True
+        if not failed and Phase.explicit in use and not res.spent.ran_out:
+            try:
+                failed = _edges(check, prop)
+            except _OutOfTime:
+                res.spent.ran_out = True
         if not failed or "case" not in last:
             break
         sc, data, trace, cmp = last["case"]
@@ -164,11 +181,16 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             worst = max(values, key=lambda d: d.ratio) if values else None
             changed = worst is not None and ledger.unattributed(
                 impl, sc, {d.field for d in values}, worst.where(sc), worst.detail, prop.name, before, device)
-        if not changed:
-            break                       # nothing learnt from this failure: searching on would find it again
-    res.seconds = time.monotonic() - t0
+        if not changed or res.spent.ran_out:
+            break                       # nothing learnt from this failure (searching on would find it again),
+                                        # or the property's share of the time budget is spent
+    res.seconds = res.spent.seconds = time.monotonic() - t0
     res.assumed = ledger.base
     return res
+
+
+class _OutOfTime(BaseException):
+    """The property's share of the time budget is spent (a BaseException: Hypothesis lets it through at once)."""
 
 
 class _Skipped(Exception):
@@ -216,7 +238,7 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
 
 def check_implementation(impl: Implementation, *, profile: str = "default", seed: int = 0, device: str = "cpu",
                          properties=None, on_property=None, on_partial=None, database: str | None = None,
-                         phases=None) -> Result:
+                         phases=None, budget_s: float | None = None) -> Result:
     """Search every property; returns the plugin's ``Result`` for the report (``database``, ``phases``: as in
     ``search_property``).
 
@@ -225,11 +247,13 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     t0 = time.monotonic()
     results = []
     ledger = Ledger()
+    spending = Spending.for_profile(profile, budget_s)
     for i, prop in enumerate(props):
         if on_property:
             on_property(prop.name, None)     # started
         r = search_property(impl, prop, profile=profile, seed=seed, device=device, index=i, ledger=ledger,
-                            database=database, phases=phases)
+                            database=database, phases=phases, spending=spending,
+                            share_s=spending.share(len(props) - i))
         results.append(r)
         if on_property:
             on_property(prop.name, r)
