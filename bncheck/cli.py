@@ -135,7 +135,9 @@ def cmd_run(args) -> int:
         impls = [i for i in impls if i.name in args.impl]
     for e in reg.errors:
         print(f"bncheck: plugin failed to load: {e.origin}: {e.message}", file=sys.stderr)
-    results = runner.run_all(impls, **opts.run_kwargs())
+    # longest first, as long as the last run in this output folder took
+    expected = runner.expected_seconds(Path(args.out) / "latest.json")
+    results = runner.run_all(impls, expected=expected, **opts.run_kwargs())
     timings = _run_bench(args, reg, impls) if args.bench else None
     rep = report.build(_environment(args), results, reg.errors, timings, strict=args.strict)
     md, js = report.write(rep, args.out, pictures=True)

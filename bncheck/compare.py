@@ -35,6 +35,14 @@ class Discrepancy:
     def structural(self) -> bool:
         return self.finding is not None
 
+    @property
+    def kind(self) -> str | None:
+        """What failed, for telling one failure from another: the finding id, but ``raises`` for an error that
+        torch raises too, of another type (``missing-error`` names both that and no error at all)."""
+        if self.finding == "missing-error" and self.detail.startswith("raises "):
+            return "raises"
+        return self.finding
+
     def where(self, sc: Scenario) -> str:
         if self.step < 0:
             return self.field

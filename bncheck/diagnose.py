@@ -375,7 +375,7 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
     def add(fid, d: Discrepancy, lines, knobs=None, fields=()):
         if fid not in out:
             out[fid] = Named(fid, d.where(sc), lines, d.ratio, knobs or {},
-                             trigger=d.finding if d.structural else None,
+                             trigger=d.kind if d.structural else None,
                              fields=tuple(sorted(set(fields) | ({d.field} if not d.structural else set()))))
 
     drift_step = None   # the first step whose state cannot be read as (C,): the oracle cannot follow from there
@@ -489,6 +489,9 @@ def name(impl: Implementation, sc: Scenario, data, trace, cmp: Comparison, owned
                 pass
             else:
                 desc = ", ".join(f"{k}={v}" for k, v in flips.items()) or "none"
-                add("output-mismatch", worst, [worst.detail, f"no catalog knob setting explains it; closest: {desc} "
-                                               f"(residual {resid:.3g} x budget)"], fields=failing)
+                closest = (f"closest: {desc} fits this example ({resid:.3g} x budget) but not fresh variants of it "
+                           f"(other data, sizes, weights)" if resid <= 1.0 else
+                           f"closest: {desc} (residual {resid:.3g} x budget)")
+                add("output-mismatch", worst, [worst.detail, f"no catalog knob setting explains it; {closest}"],
+                    fields=failing)
     return list(out.values())

@@ -17,6 +17,7 @@ under it as "also: ..." with its evidence, instead of ending the search or comin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from . import execute
@@ -24,7 +25,7 @@ from .compare import VALUE_FIELDS, Comparison, compare
 from .oracle import TORCH, Knobs
 from .results import Finding, Named
 from .scenario import FACETS, Scenario, materialize
-from .scope import Condition, Known, Region, Scope, isolate
+from .scope import Condition, Known, Region, Scope, isolate, region_of
 
 # Numeric findings whose model is approximate (or absent): the fields they were named from are not judged again
 # inside their scope, even where a knob emulates them.
@@ -41,6 +42,8 @@ MECHANISM = {
     "missing-error": Region(frozenset([Condition("one value per channel", frozenset({True}))])),
     "error-type": Region(frozenset([Condition("one value per channel", frozenset({True}))])),
 }
+# Knob-less findings that can be another finding's consequence, when they show only inside its scope
+FOLDABLE = {"output-shape", "crash", "rank-unsupported", "rank-wrong-results", "output-mismatch", "nan-inf"}
 # Findings that make every value of their region wrong (an input rank computed wrongly): not one field, all of them
 ALL_FIELDS = {"rank-wrong-results", "rank-unsupported"}
 MAX_ALSO = 6          # consequences listed under one finding (more are counted)
@@ -54,7 +57,7 @@ class Ledger:
     order: list[str] = field(default_factory=list)       # ids in the order they were named
     triggers: dict[str, set] = field(default_factory=dict)   # id -> structural discrepancies it was named from
     more: dict[str, int] = field(default_factory=dict)     # id -> consequences not listed
-    knobbed: list[str] = field(default_factory=list)       # ids named with knob settings, in order
+    knobbed: dict[str, dict] = field(default_factory=dict)  # id -> the knob settings it was named with, in order
 
     @property
     def ids(self) -> frozenset:
@@ -64,7 +67,7 @@ class Ledger:
     def known_discrepancy(self, d, facets: dict) -> bool:
         """``d`` is explained by a finding already named, here (see the module docstring)."""
         if d.structural:
-            return any((k.id == d.finding or d.finding in self.triggers.get(k.id, ())) and k.covers(facets)
+            return any((k.id == d.finding or d.kind in self.triggers.get(k.id, ())) and k.covers(facets)
                        for k in self.known.values())
         return any(k.explains_field(d.field, facets) for k in self.known.values())
 
@@ -99,11 +102,14 @@ class Ledger:
                 self.findings[n.id].scope = k.scope.describe(FACETS)
                 if n.fields:          # the same cause in these fields here: not judged again in this region
                     changed |= self._explain_fields(k, n.fields, region)
-            if n.trigger is not None and n.trigger not in self.triggers.setdefault(n.id, set()):
-                self.triggers[n.id].add(n.trigger)
-                changed = True
+            if n.trigger is not None:
+                # a crash is the same crash whether torch runs there or raises another error
+                kinds = CRASHES if n.trigger in CRASHES and n.id != "error-type" else {n.trigger}
+                if not kinds <= self.triggers.setdefault(n.id, set()):
+                    self.triggers[n.id] |= kinds
+                    changed = True
             if n.knobs and n.id not in self.knobbed:
-                self.knobbed.append(n.id)
+                self.knobbed[n.id] = dict(n.knobs)
             if n.knobs and replace(self.base, **n.knobs) != self.base:
                 self.base = replace(self.base, **n.knobs)
                 changed = True
@@ -113,16 +119,74 @@ class Ledger:
                 changed |= self._explain_fields(k, n.fields, region)
         return new, changed
 
-    def unattributed(self, impl, sc: Scenario, fields, where: str, detail: str, prop: str, base_before: Knobs,
-                     device: str = "cpu") -> bool:
+    def consolidate(self) -> list[str]:
+        """One bug, one id: a knob-less finding (``FOLDABLE``) whose every region lies inside the scope of another
+        finding that is not everywhere (a misshapen output only on rank 5, where the reduction axes are already
+        known to be wrong) is that finding's consequence: it is folded under it as "also: ...". Returns the ids
+        folded away."""
+        folded = []
+        for fid in list(self.order):
+            k = self.known.get(fid)
+            if k is None or fid not in FOLDABLE or fid in self.knobbed or k.scope.everywhere or not k.scope.regions:
+                continue
+            hosts = [h for h in self.known.values() if h.id != fid and h.id not in folded and
+                     not h.scope.everywhere and all(any(r.covers(x) for r in h.scope.regions) for x in k.scope.regions)]
+            if not hosts:
+                continue
+            host = min(hosts, key=lambda h: (h.id not in ALL_FIELDS, h.id not in self.knobbed, self.order.index(h.id)))
+            f = self.findings[fid]
+            self.also(host.id, f"{f.where} in {f.property} [{f.scope}]: {f.evidence[0] if f.evidence else ''} "
+                               f"(first named {fid}: only where {host.id} holds)")
+            self.triggers.setdefault(host.id, set()).update(self.triggers.get(fid, ()))
+            for fld, sc in k.fields.items():
+                for r in sc.regions:
+                    self._explain_fields(host, [fld], r)
+            for r in k.scope.regions:     # its region stays set aside as the host's
+                host.scope = host.scope.widen(r)
+            del self.known[fid]
+            del self.findings[fid]
+            self.order.remove(fid)
+            folded.append(fid)
+        return folded
+
+    def owner(self, sc: Scenario, data, trace, fields) -> str | None:
+        """The knobbed finding whose model this case depends on most: the one whose knobs, taken away, move the
+        comparison of ``fields`` the most (the latest named when none moves it)."""
+        if not self.knobbed:
+            return None
+
+        def worst(knobs):
+            cmp = compare(sc, data, trace, knobs, structural=False)
+            return max((cmp.ratios.get(f, 0.0) for f in fields), default=0.0)
+        here = worst(self.base)
+        moved = []
+        for fid, knobs in self.knobbed.items():
+            without = replace(self.base, **{k: getattr(TORCH, k) for k in knobs})
+            try:
+                r = worst(without)
+            except Exception:
+                continue
+            if r != here:
+                moved.append((abs(math.log((r + 1e-300) / (here + 1e-300))), fid))
+        return max(moved)[1] if moved else list(self.knobbed)[-1]
+
+    def unattributed(self, impl, sc: Scenario, data, trace, fields, where: str, detail: str, prop: str,
+                     base_before: Knobs, device: str = "cpu") -> bool:
         """A failure the diagnosis attributes to no new cause: within a few budgets of the model of a bug already
-        named, or where that model is undefined. It is listed under the latest knobbed finding, and its fields are
-        not judged again in its region. Returns whether the ledger changed."""
-        owner = self.knobbed[-1] if self.knobbed else None
+        named, or where that model is undefined. It is listed under the knobbed finding it depends on
+        (``owner``), and its fields are not judged again in its region. Returns whether the ledger changed."""
+        owner = self.owner(sc, data, trace, fields)
         if owner is None:
             return False
         n = Named(owner, where, [detail], fields=tuple(sorted(fields)))
-        region, _ = derive_regions(impl, sc, [n], base_before, device)[owner]
+        if sc.shape[0] == 0:        # where the model is undefined: no values, or one per channel
+            region = region_of(sc.facets(), ["empty batch"])
+        elif sc.reduction_size <= 1:
+            region = region_of(sc.facets(), ["one value per channel"])
+        else:
+            region, _ = derive_regions(impl, sc, [n], base_before, device)[owner]
+            if not region.conditions:
+                return False        # no region to set aside: the search would stop on it anyway
         self.also(owner, f"{where} in {prop} [{region.describe(FACETS)}]: {detail} (within the model of this "
                          f"finding, or where it is undefined)")
         return self._explain_fields(self.known[owner], n.fields, region)
@@ -146,13 +210,28 @@ class Ledger:
             self.more[fid] = self.more.get(fid, 0) + 1
 
 
+CRASHES = {"crash", "raises"}
+BLOCKS = {"crash", "raises", "output-shape", "missing-error"}
+
+
 def _fails(cmp: Comparison, n: Named) -> bool | None:
-    """Whether ``cmp`` shows what ``n`` was named from (None: declined, no evidence either way)."""
+    """Whether ``cmp`` shows what ``n`` was named from. None when the variant cannot tell: declined, or something
+    else in the way of what failed (a crash, a misshapen output, an error torch raises: nothing compared there)."""
     if cmp.declined is not None:
         return None
+    kinds = [d.kind for d in cmp.discrepancies]
+    if n.trigger in CRASHES:        # it crashes or it does not: running without an error is the answer
+        return any(k in CRASHES for k in kinds)
     if n.trigger is not None:
-        return any(d.finding == n.trigger for d in cmp.discrepancies)
-    return any(not d.structural and d.field in n.fields for d in cmp.discrepancies)
+        if n.trigger in kinds:
+            return True
+    elif any(not d.structural and d.field in n.fields for d in cmp.discrepancies):
+        return True
+    if any(k in BLOCKS for k in kinds if k != n.trigger) or cmp.unmatched_errors:
+        return None
+    if n.trigger is None and not any(f in cmp.ratios for f in n.fields):
+        return None                 # those fields were not compared at all (e.g. torch rejects the variant)
+    return False
 
 
 def derive_regions(impl, sc: Scenario, named: list[Named], base: Knobs, device: str = "cpu") -> dict:

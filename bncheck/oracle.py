@@ -38,7 +38,8 @@ class Knobs:
     update_stats: bool = True
     count_frozen: bool = False              # with update_stats=False: num_batches_tracked still counts
     untracked_eval_stats: str = "batch"     # batch | zero-one  (eval with track_running_stats=False)
-    affine_mode: str = "normal"             # normal | ignored | swapped | weight-only | bias-only | one-plus-weight
+    affine_mode: str = "normal"             # normal | ignored | swapped | weight-only | bias-only | one-plus-weight |
+                                            # positive-weight: relu(w) + 1e-6 (a scale constrained positive)
     reduction: str = "torch"                # torch: (N, spatial) | batch-only: N | per-sample: spatial |
                                             # fixed-0-2-3: dims (0, 2, 3) whatever the rank
     detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
@@ -257,7 +258,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
             w, b = w.detach(), b.detach()
         y = {"normal": lambda: y * w + b, "ignored": lambda: y, "swapped": lambda: y * b + w,
              "weight-only": lambda: y * w, "bias-only": lambda: y + b,
-             "one-plus-weight": lambda: y * (1 + w) + b}[knobs.affine_mode]()
+             "one-plus-weight": lambda: y * (1 + w) + b,
+             "positive-weight": lambda: y * (torch.relu(w) + 1e-6) + b}[knobs.affine_mode]()
     res.y = y
     return res
 

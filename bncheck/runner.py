@@ -114,10 +114,36 @@ class Progress:
             self.stream.flush()
 
 
+# A plugin's expected seconds when no earlier run says (``expected``): a distributed check starts rank processes
+# for three world sizes; the rest are checked within their time budget.
+GUESS_S = {"sync": 60.0, "fusion": 20.0, "batchnorm": 10.0}
+
+
+def schedule(impls: list[Implementation], expected: dict[str, float] | None = None) -> list[Implementation]:
+    """Longest expected first, so that the slowest plugin starts first and does not end the run alone
+    (``expected``: plugin name -> seconds, e.g. an earlier report's; otherwise a guess by kind)."""
+    expected = expected or {}
+    return sorted(impls, key=lambda i: -expected.get(i.name, GUESS_S.get(i.kind, 10.0)))
+
+
+def expected_seconds(report_json) -> dict[str, float]:
+    """Each plugin's seconds in a stored report (empty when there is none or it cannot be read)."""
+    import json
+    try:
+        with open(report_json) as fh:
+            data = json.load(fh)
+        return {r["name"]: float(r.get("seconds") or 0.0) for r in data.get("implementations", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
 def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PROPERTY_TIMEOUT_S,
-            progress: Progress | None = None, **options) -> list[Result]:
+            progress: Progress | None = None, expected: dict[str, float] | None = None,
+            **options) -> list[Result]:
+    """Check every plugin, ``jobs`` at a time, longest expected first (``schedule``); results in ``impls``'
+    order."""
     ctx = mp.get_context("spawn")
-    pending = list(impls)
+    pending = schedule(impls, expected)
     running: dict[str, tuple] = {}
     results: dict[str, Result] = {}
     partials: dict[str, Result | None] = {}

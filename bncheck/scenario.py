@@ -117,7 +117,10 @@ def _plain_spatial(sc: Scenario, rank: int) -> tuple:
 
 
 def _other_rank(sc: Scenario):
+    """Another rank with at least as many values per channel (a rank-2 batch takes the spatial values as rows)."""
     rank = 4 if sc.rank != 4 else (5 if sc.layout in LAYOUT_RANKS else 2)
+    if rank == 2:
+        return sc.with_(shape=(sc.reduction_size, sc.channels))
     return sc.with_(shape=(sc.shape[0], sc.channels) + _plain_spatial(sc, rank))
 
 

@@ -32,7 +32,7 @@ from .registry import Implementation
 from .repro import script
 from .results import Finding, PropertyFailure, PropertyResult, Result, accepts, summary
 from .scenario import Scenario, materialize
-from .spend import Spending, Spent
+from .spend import MIN_CASES, Spending, Spent
 from .spec import Spec
 
 PROFILES = {
@@ -100,9 +100,10 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
 
         def check(sc: Scenario):
             sc = sc.with_(device=device)
-            if deadline is not None and time.monotonic() > deadline + (share_s if "case" in last else 0.0):
+            if deadline is not None and res.spent.ran >= MIN_CASES and \
+                    time.monotonic() > deadline + (share_s if "case" in last else 0.0):
                 raise _OutOfTime          # (a failure found is shrunk for up to one more share)
-            if not spending.affordable(sc, deadline):
+            if not spending.affordable(sc, deadline, res.spent):
                 res.spent.skipped += 1    # it would compile a new configuration the share cannot pay for
                 _skip()
             data = materialize(sc)
@@ -180,7 +181,8 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             values = [d for d in owned if not d.structural]
             worst = max(values, key=lambda d: d.ratio) if values else None
             changed = worst is not None and ledger.unattributed(
-                impl, sc, {d.field for d in values}, worst.where(sc), worst.detail, prop.name, before, device)
+                impl, sc, data, trace, {d.field for d in values}, worst.where(sc), worst.detail, prop.name, before,
+                device)
         if not changed or res.spent.ran_out:
             break                       # nothing learnt from this failure (searching on would find it again),
                                         # or the property's share of the time budget is spent
@@ -267,6 +269,9 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
         results.append(probed)
         if on_property:
             on_property("probes", probed)
+    ledger.consolidate()                  # one bug, one id
+    for r in results:
+        r.findings = [f for f in r.findings if ledger.findings.get(f.id) is f]
     return summarize(impl, results, capabilities(impl, device), time.monotonic() - t0)
 
 

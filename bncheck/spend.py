@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 PROFILE_BUDGET_S = {"quick": 40.0, "default": 90.0, "thorough": None}
 EXPENSIVE_RATIO = 5.0      # a new configuration costing this many times a seen one (and ...)
 EXPENSIVE_MIN_S = 0.5      # ... at least this long) is rationed
+MIN_CASES = 3              # cases every property runs, whatever they cost
 
 
 def config_keys(sc) -> frozenset:
@@ -42,6 +43,7 @@ class Spent:
     seconds: float = 0.0
     configs: int = 0               # configurations run for the first time in this property
     skipped: int = 0               # cases not run because they would have needed a new configuration
+    ran: int = 0                   # cases run
     ran_out: bool = False          # the share was spent before the examples
 
     def describe(self) -> str:
@@ -61,6 +63,7 @@ class Spending:
     seen_cost: float = 0.0
     n_new: int = 0
     n_seen: int = 0
+    warm: bool = False             # the plugin's first case ran (it carries one-time costs: imports, start-up)
 
     @classmethod
     def for_profile(cls, profile: str, budget_s: float | None = None) -> "Spending":
@@ -80,14 +83,21 @@ class Spending:
     def is_new(self, sc) -> bool:
         return not config_keys(sc) <= self.seen
 
-    def affordable(self, sc, deadline: float | None) -> bool:
-        """Whether to run ``sc`` now: a case of seen configurations always, a new one while it fits."""
-        if deadline is None or not self.expensive or not self.is_new(sc):
+    def affordable(self, sc, deadline: float | None, spent: Spent) -> bool:
+        """Whether to run ``sc`` now: a case of seen configurations always, a new one while it fits (and the
+        first ``MIN_CASES`` of every property whatever they cost: no property goes unchecked)."""
+        if deadline is None or spent.ran < MIN_CASES or not self.expensive or not self.is_new(sc):
             return True
         return deadline - time.monotonic() > 1.5 * self.new_cost
 
     def ran(self, sc, seconds: float, spent: Spent) -> None:
         keys = config_keys(sc)
+        spent.ran += 1
+        if not self.warm:          # one-time costs are no configuration's
+            self.warm = True
+            spent.configs += len(keys - self.seen)
+            self.seen |= keys
+            return
         if keys <= self.seen:
             self.n_seen += 1
             self.seen_cost += (seconds - self.seen_cost) / self.n_seen

@@ -77,6 +77,11 @@ class BatchNorm(nn.Module):
         # momentum=None raises, float32 buffers promote half input
         "eps-ignored", "biased-running-var", "state-shape-drift", "stats-broadcast-axis", "crash",
         "rank-unsupported", "momentum-none", "dtype-promotion",
+        # no batch-size check: one value per channel in training gives variance 0 where torch raises (forward goes
+        # straight to x.mean / x.var); an empty training batch makes x.mean NaN, blended into the running
+        # statistics (torch leaves them unchanged); with track_running_stats=False eval normalises with the
+        # constants torch.tensor(0) / torch.tensor(1) set in __init__, not with batch statistics
+        "missing-error", "nan-inf", "no-track-eval-uses-running",
     })
 def build(spec: bncheck.Spec) -> nn.Module:
     return BatchNorm(spec.num_features, momentum=spec.momentum, affine=spec.affine,

@@ -155,9 +155,13 @@ def _finding(r: Result, f) -> list[str]:
     ratio = "structural" if f.error_ratio is None else f"{_ratio(f.error_ratio)} × budget"
     probe = " (probe)" if f.source == "probe" else ""
     e = html.escape
+    scope = f" · <i>{e(_short(f.scope, 70))}</i>" if f.scope else ""
     line = (f"{mark} <b>{e(r.name)}</b> <code>{e(f.id)}</code>{probe} in {e(f.property)}: {e(f.where)}"
-            f" · <b>{ratio}</b> · {e(_short(f.example, 60))}")
+            f" · <b>{ratio}</b>{scope} · {e(_short(f.example, 60))}")
     body = ["<details>", f"<summary>{line}</summary>", "", "```text", *[str(x) for x in f.evidence]]
+    if f.scope:
+        body.append(f"scope: {f.scope}")
+    body += [f"also (the same cause): {a}" for a in f.also]
     body += [f"minimal example: {f.example or '-'}", "```", ""]
     if not f.repro:
         body += ["No reproducer: the worker itself failed (crash or timeout).", ""]
@@ -265,6 +269,12 @@ def _kind_section(kind: str, impls: list[Result]) -> list[str]:
     caps = _capabilities(impls)
     if caps:
         out += fold("Capabilities: configurations each builder declines (skipped and listed, not bugs)", caps)
+    spent = [f"- {r.name} ({r.seconds:.0f} s): " + "; ".join(f"{name} {p.cases} cases, {p.spent}"
+                                                             for name, p in r.properties.items() if p.spent)
+             for r in impls if any(p.spent for p in r.properties.values())]
+    if spent:
+        out += fold("How each plugin's time budget was spent (per property: cases, seconds, its share, new "
+                    "configurations compiled, cases skipped because they needed another)", spent)
     out += fold("Where each plugin came from", [f"- {r.name}: `{r.origin or '?'}`" for r in impls])
     return out
 
