@@ -166,8 +166,9 @@ class Ledger:
                 r = worst(without)
             except Exception:
                 continue
-            if r != here:
-                moved.append((abs(math.log((r + 1e-300) / (here + 1e-300))), fid))
+            if r != here and not (math.isnan(r) and math.isnan(here)):
+                finite = math.isfinite(r) and math.isfinite(here)
+                moved.append((abs(math.log((r + 1e-300) / (here + 1e-300))) if finite else math.inf, fid))
         return max(moved)[1] if moved else list(self.knobbed)[-1]
 
     def unattributed(self, impl, sc: Scenario, data, trace, fields, where: str, detail: str, prop: str,
