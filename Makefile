@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= default
 SEED    ?= 0
 
-.PHONY: run test test-all bench docs setup clean
+.PHONY: run test test-all bench docs setup clean corpus
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv --system-site-packages $(VENV)   # reuses an installed torch when it satisfies the requirement
@@ -31,6 +31,25 @@ bench: setup          ## speed benchmarks (pytest-benchmark): kernels and the ha
 
 docs: setup          ## regenerate docs/catalog.md from bncheck/catalog.py
 	$(BIN)/bncheck catalog --out docs/catalog.md
+
+# The public-code corpus (corpus/): plugin adapters for BatchNorm, folding and sync BatchNorm code in PyPI packages,
+# in a venv of its own. Not part of `make test`.
+CVENV := .venv-corpus
+CBIN  := $(CVENV)/bin
+
+$(CBIN)/.installed: pyproject.toml corpus/requirements.txt corpus/requirements-nodeps.txt
+	$(PY) -m venv $(CVENV)
+	$(CBIN)/python -c "import torch" 2>/dev/null || $(CBIN)/pip install -q torch==2.13.0
+	$(CBIN)/pip install -q -e . -r corpus/requirements.txt
+	$(CBIN)/pip install -q --no-deps -r corpus/requirements-nodeps.txt
+	touch $@
+
+corpus: $(CBIN)/.installed   ## check the corpus plugins: reports/corpus/, reports/corpus.md and docs/corpus.md
+	BNCHECK_DISABLE_ENTRY_POINTS=1 $(CBIN)/bncheck run --plugins corpus --profile $(PROFILE) --seed $(SEED) \
+	    --jobs 2 --out reports/corpus; status=$$?; [ $$status -le 1 ] || exit $$status  # 1: findings differ from expect
+	$(CBIN)/bncheck report reports/corpus/latest.json --out reports/corpus.md
+	$(CBIN)/python scripts/corpus_table.py reports/corpus/latest.json $(wildcard reports/corpus-seed*/latest.json) \
+	    --out docs/corpus.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
