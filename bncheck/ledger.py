@@ -43,7 +43,7 @@ MECHANISM = {
     "error-type": Region(frozenset([Condition("one value per channel", frozenset({True}))])),
 }
 # Knob-less findings that can be another finding's consequence, when they show only inside its scope
-FOLDABLE = {"output-shape", "crash", "rank-unsupported", "rank-wrong-results", "output-mismatch", "nan-inf"}
+FOLDABLE = {"output-shape", "crash", "rank-unsupported", "rank-wrong-results", "output-mismatch"}
 # Findings that make every value of their region wrong (an input rank computed wrongly): not one field, all of them
 ALL_FIELDS = {"rank-wrong-results", "rank-unsupported"}
 MAX_ALSO = 6          # consequences listed under one finding (more are counted)
@@ -121,16 +121,17 @@ class Ledger:
 
     def consolidate(self) -> list[str]:
         """One bug, one id: a knob-less finding (``FOLDABLE``) whose every region lies inside the scope of another
-        finding that is not everywhere (a misshapen output only on rank 5, where the reduction axes are already
-        known to be wrong) is that finding's consequence: it is folded under it as "also: ...". Returns the ids
-        folded away."""
+        finding that holds only at some input ranks (a misshapen output only on rank 5, where the reduction axes
+        are already known to be wrong) is that finding's consequence: it is folded under it as "also: ...".
+        Returns the ids folded away."""
         folded = []
         for fid in list(self.order):
             k = self.known.get(fid)
             if k is None or fid not in FOLDABLE or fid in self.knobbed or k.scope.everywhere or not k.scope.regions:
                 continue
-            hosts = [h for h in self.known.values() if h.id != fid and h.id not in folded and
-                     not h.scope.everywhere and all(any(r.covers(x) for r in h.scope.regions) for x in k.scope.regions)]
+            hosts = [h for h in self.known.values() if h.id != fid and h.id not in folded and h.scope.regions and
+                     all(any(c.facet == "rank" for c in r.conditions) for r in h.scope.regions) and
+                     all(any(r.covers(x) for r in h.scope.regions) for x in k.scope.regions)]
             if not hosts:
                 continue
             host = min(hosts, key=lambda h: (h.id not in ALL_FIELDS, h.id not in self.knobbed, self.order.index(h.id)))

@@ -62,8 +62,8 @@ class FindingResult:
         """One line: id, where, error/budget, example."""
         ratio = "structural" if self.error_ratio is None else f"{self.error_ratio:.3g} x budget"
         probe = " (confirmed by probe)" if self.source == "probe" else ""
-        scope = f" [{self.scope}]" if self.scope else ""
-        return f"{self.id}{probe} in {self.property}{scope}: {self.where}; {ratio}; {self.example or '-'}"
+        scope = f"; {self.scope}" if self.scope else ""
+        return f"{self.id}{probe} in {self.property}: {self.where}; {ratio}{scope}; {self.example or '-'}"
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -69,7 +69,7 @@ def well_formed(sc: Scenario, data) -> Trace:
                 obs.dweight, obs.dbias = _kept(res.dweight, pdt), _kept(res.dbias, pdt)
         if sc.track_running_stats:
             st_ = O.State(_kept(res.state.running_mean, pdt), _kept(res.state.running_var, pdt),
-                          res.state.num_batches_tracked)
+                          res.state.num_batches_tracked, res.state.trained)
         obs.after = read(st_)
     return trace
 

@@ -27,7 +27,8 @@ from zoo.fusion_mutants import CORRECT, MUTANTS     # noqa: E402
 ZOO = ROOT / "tests" / "zoo" / "fusion_plugins.py"
 KEYS = {"name", "kind", "origin", "expect", "cases", "declined_cases", "findings", "worst_ratio_by_dtype",
         "properties", "capabilities", "seconds"}
-FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro", "source"}
+FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro", "source", "scope",
+                "also"}
 
 
 @pytest.fixture(scope="module")
@@ -276,5 +277,6 @@ def test_property_heartbeats_and_json_shape(plugins):
     assert [list(p.properties) for p in partial] == [["fold-output"], ["fold-output", "fold-module"]]
     assert KEYS <= set(partial[0].to_json()) and partial[0].kind == "fusion"
     assert set(r.properties) == {"fold-output", "fold-module"}
-    assert all(set(v.to_json()) == {"cases", "declined", "findings", "seconds"} for v in r.properties.values())
+    assert all(set(v.to_json()) == {"cases", "declined", "findings", "seconds", "excluded", "spent"}
+               for v in r.properties.values())
     assert isinstance(r.seconds, float) and not math.isnan(r.seconds)

@@ -16,7 +16,7 @@ from bncheck.catalog import CATALOG              # noqa: E402
 from bncheck.oracle import TORCH                 # noqa: E402
 from bncheck.registry import Registry            # noqa: E402
 from bncheck.scenario import Scenario, Step      # noqa: E402
-from zoo.mutants import MUTANTS                  # noqa: E402
+from zoo.mutants import MUTANTS, findings_of     # noqa: E402
 from zoo.reference import ScratchBN              # noqa: E402
 
 
@@ -66,7 +66,8 @@ def _impl(name: str, cls) -> bncheck.registry.Implementation:
     return Registry().declare("batchnorm", name, build)
 
 
-CASES = sorted([(cls.finding, f"zoo-{name}", cls) for name, cls in MUTANTS.items()] +
+CASES = sorted([(fid, f"zoo-{name}" + ("" if isinstance(cls.finding, str) else f"-{fid}"), cls)
+                for name, cls in MUTANTS.items() for fid in findings_of(cls)] +
                [(fid, f"extra-{fid}", cls) for fid, cls in EXTRA.items()], key=lambda t: t[1])
 
 
