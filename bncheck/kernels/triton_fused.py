@@ -34,8 +34,8 @@ Forward training is stats (read x) + finalize + apply (read x [and z], write y).
 reduction (read x, dy, y; for add_relu also write dz) + finalize + the dx pass: relu reads x, dy and y again
 (3R + 1W); add_relu reads x and the dz just written (2R + 1W), which is already masked. Eval backward is one pass:
 with dweight/dbias needed, the reduction writes dx (and dz) as it goes; otherwise the elementwise pass reads dy and
-y only. Backward saves x and the output y themselves (no copy, no mask tensor): nothing is recomputed, so the mask
-cannot disagree with the output at 0.
+y only. Backward saves x as the kernels read it (the input itself unless its strides are no memory format) and the
+output y itself, no mask tensor: the mask is read from y, never recomputed, so it cannot disagree with it at 0.
 """
 from __future__ import annotations
 
