@@ -26,6 +26,13 @@ bandwidth under this model; eval and backward can approach it. Copy bandwidth is
 ``2 * bytes / time`` of a large ``dst.copy_(src)`` and reported in the header; ``pct_copy`` is each row's effective
 bandwidth as a percentage of it. ``ratio`` is ``torch_time / impl_time``: above 1 means faster than torch.
 
+With an epilogue (``bench(..., epilogue="relu" | "add_relu")``, ``bncheck bench --epilogue``) the modules compute
+``relu(bn(x))`` / ``relu(bn(x) + z)`` and are called as ``module(x)`` / ``module(x, z)``; the reference is then torch
+eager BatchNorm followed by an in-place add and ReLU (torchvision's ResNet form), still named ``torch-native``, and
+the implementation timed is bncheck's own Triton fused kernels (``triton-fused``: BatchNorm plugins declare no
+epilogue). The bytes model adds what the epilogue must move: add_relu reads z in the forward; the backward reads
+the ReLU mask's source (the output y) and, for add_relu, writes dz.
+
 ``render_markdown`` only reads the result dict (plain JSON types), so a saved result renders without torch.
 """
 from __future__ import annotations
@@ -35,6 +42,8 @@ import platform
 
 OPS = ("forward-train", "forward-eval", "backward")
 NATIVE = "torch-native"
+EPILOGUES = ("relu", "add_relu")
+FUSED = "triton-fused"       # bncheck.kernels.triton_fused_bn, timed with --epilogue
 _LAYOUT_NAMES = {(2, False): "nc", (3, False): "ncl", (4, False): "nchw", (4, True): "nhwc", (5, False): "ncdhw",
                  (5, True): "ndhwc"}
 
@@ -90,10 +99,11 @@ def shapes_for(name: str, device: str) -> list:
     return out
 
 
-def bytes_moved(op: str, numel: int, C: int, elem: int, pelem: int) -> int:
+def bytes_moved(op: str, numel: int, C: int, elem: int, pelem: int, epilogue: str | None = None) -> int:
     """The bytes model above."""
+    extra = {None: {}, "relu": {"backward": 1}, "add_relu": {"forward-train": 1, "forward-eval": 1, "backward": 2}}
     return {"forward-train": 2 * numel * elem + 6 * C * pelem, "forward-eval": 2 * numel * elem + 4 * C * pelem,
-            "backward": 3 * numel * elem + 3 * C * pelem}[op]
+            "backward": 3 * numel * elem + 3 * C * pelem}[op] + extra[epilogue].get(op, 0) * numel * elem
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,8 +193,47 @@ def _native(spec):
     return spec.torch_class(**spec.torch_kwargs())
 
 
-def _time_ops(module, x, dy, timer) -> dict:
-    """{op: (milliseconds, relative spread) or an error string}."""
+def _eager_epilogue(epilogue: str):
+    """Builder of the reference with an epilogue: torch's BatchNorm, then (add_relu) ``+= z`` and an in-place ReLU,
+    as torchvision's ResNet blocks write it: separate kernels."""
+    import torch
+
+    class EagerEpilogue(torch.nn.Module):
+        def __init__(self, spec):
+            super().__init__()
+            self.bn = _native(spec)
+
+        def forward(self, x, z=None):
+            y = self.bn(x)
+            if z is not None:
+                y += z
+            return torch.relu_(y)
+    return EagerEpilogue
+
+
+def _build_fused(spec, epilogue: str):
+    """bncheck's Triton BatchNorm with the epilogue fused (``Unsupported`` where it cannot run)."""
+    import torch
+
+    from .spec import Unsupported
+    if spec.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise Unsupported(f"{FUSED} computes in float32; {spec.dtype} parameters are not supported")
+    try:
+        from .kernels import triton_kernels
+        from .kernels.triton_fused_bn import TritonFusedBatchNorm
+    except Exception as e:   # triton missing or broken
+        raise Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
+    if triton_kernels.UNUSABLE:
+        raise Unsupported(triton_kernels.UNUSABLE)
+    if torch.device(spec.device).type != "cuda" and not triton_kernels.INTERPRET:
+        raise Unsupported(f"{FUSED} runs on CUDA devices, or on the CPU with TRITON_INTERPRET=1")
+    return TritonFusedBatchNorm(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
+                                track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype,
+                                epilogue=epilogue)
+
+
+def _time_ops(module, x, dy, timer, z=None) -> dict:
+    """{op: (milliseconds, relative spread) or an error string}; ``z``: the add_relu epilogue's second input."""
     import torch
     out = {}
     for op in OPS:
@@ -192,31 +241,36 @@ def _time_ops(module, x, dy, timer) -> dict:
             if op == "backward":
                 module.train()
                 xg = x.detach().requires_grad_()
-                y = module(xg)
-                inputs = [xg] + [p for p in module.parameters() if p.requires_grad]
+                zg = None if z is None else z.detach().requires_grad_()
+                y = module(xg) if zg is None else module(xg, zg)
+                inputs = [xg] + ([] if zg is None else [zg]) + [p for p in module.parameters() if p.requires_grad]
                 out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True, allow_unused=True))
                 del y
             else:
                 module.train(op == "forward-train")
+                args = (x,) if z is None else (x, z)
                 with torch.no_grad():
-                    out[op] = timer(lambda: module(x))
+                    out[op] = timer(lambda: module(*args))
         except Exception as e:   # recorded in the row; the run goes on
             out[op] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     return out
 
 
 def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtypes=None,
-          rep_ms: float | None = None) -> dict:
+          rep_ms: float | None = None, epilogue: str | None = None) -> dict:
     """Time every builder (and torch's native BatchNorm, always) on every shape, layout and dtype.
 
     ``builders`` maps names to ``build(spec) -> nn.Module``; a builder may raise ``bncheck.Unsupported`` or any other
     exception, recorded in its rows. Parameters are float32 (half inputs are then mixed precision, as under
     autocast). ``rep_ms`` is the time spent measuring each operation (default: 100 ms on CUDA, 200 ms on the CPU).
+    ``epilogue`` ("relu", "add_relu"): the modules compute ``relu(bn(x) [+ z])``, the reference is torch eager's.
     Returns ``{"header": {...}, "rows": [...]}`` made of plain JSON types.
     """
     import torch
 
     from .spec import Spec, Unsupported
+    if epilogue not in (None, *EPILOGUES):
+        raise ValueError(f"epilogue {epilogue!r}: one of {', '.join(EPILOGUES)}")
     dev = torch.device(device)
     dtypes = list(dtypes or [torch.float32])
     timer, method = _make_timer(dev, rep_ms)
@@ -229,10 +283,14 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
     header = dict(device=_device_name(dev), device_type=dev.type, torch=torch.__version__, triton=triton_version,
                   copy_gbps=copy_gbps, timer=method, shape_set=shape_set,
                   dtypes=[str(d).replace("torch.", "") for d in dtypes], param_dtype="float32",
-                  bytes_model="forward: 2*numel*E + per-channel vectors; backward: 3*numel*E + per-channel vectors")
+                  bytes_model="forward: 2*numel*E + per-channel vectors; backward: 3*numel*E + per-channel vectors"
+                  + {None: "", "relu": "; backward +numel*E (the mask's source y)",
+                     "add_relu": "; forward +numel*E (z), backward +2*numel*E (y, dz)"}[epilogue],
+                  epilogue=epilogue)
     if dev.type == "cuda":
         header["sms"] = torch.cuda.get_device_properties(dev).multi_processor_count
-    impls = {NATIVE: _native, **{k: v for k, v in builders.items() if k != NATIVE}}
+    native = _native if epilogue is None else _eager_epilogue(epilogue)
+    impls = {NATIVE: native, **{k: v for k, v in builders.items() if k != NATIVE}}
     rows = []
     for shape, channels_last in shapes_for(shape_set, device):
         layout = _LAYOUT_NAMES[(len(shape), channels_last)]
@@ -243,12 +301,14 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
                    else torch.contiguous_format)
             x = torch.randn(shape, device=dev, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
             dy = torch.randn(shape, device=dev, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+            z = (torch.randn(shape, device=dev, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+                 if epilogue == "add_relu" else None)
             spec = Spec(C, ndim=len(shape), device=device, dtype=torch.float32)
             base = {}
             for name, build in impls.items():
                 try:
                     module = build(spec)
-                    times = _time_ops(module, x, dy, timer)
+                    times = _time_ops(module, x, dy, timer, z)
                     del module
                 except Unsupported as e:
                     times = {op: f"unsupported: {e}" for op in OPS}
@@ -263,7 +323,7 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
                                pct_copy=None, error=None, spread=None)
                     if isinstance(t, tuple) and t[0] > 0:
                         t, row["spread"] = t
-                        nbytes = bytes_moved(op, numel, C, x.element_size(), 4)
+                        nbytes = bytes_moved(op, numel, C, x.element_size(), 4, epilogue)
                         row.update(time_ms=t, gbps=nbytes / (t * 1e-3) / 1e9)
                         row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
                         if isinstance(base.get(op), tuple):
@@ -271,7 +331,7 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
                     else:
                         row["error"] = t if isinstance(t, str) else f"non-positive time {t[0]!r} ms"
                     rows.append(row)
-            del x, dy
+            del x, dy, z
     return {"header": header, "rows": rows}
 
 
@@ -353,19 +413,37 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precompile-jobs", type=int, default=0, metavar="N",
                         help="first run every implementation once per shape and dtype in N processes, so that JIT "
                              "kernels (Triton caches them on disk) are compiled in parallel before the timing")
+    parser.add_argument("--epilogue", choices=EPILOGUES, default=None,
+                        help=f"time BatchNorm with a fused epilogue, relu(bn(x)) or relu(bn(x) + z): bncheck's "
+                             f"Triton kernels ({FUSED}) against torch eager (BatchNorm, add, ReLU as separate ops)")
 
 
 def run_named(registry, names=None, device: str | None = None, shapes: str = "default", dtypes=None,
-              rep_ms: float | None = None, precompile_jobs: int = 0) -> dict:
+              rep_ms: float | None = None, precompile_jobs: int = 0, epilogue: str | None = None) -> dict:
     """Time the named BatchNorm implementations of ``registry`` (default: all of them); ``ValueError`` names a
     bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA).
-    ``precompile_jobs``: see :func:`precompile` (its summary goes into the header)."""
+    ``precompile_jobs``: see :func:`precompile` (its summary goes into the header). ``epilogue``: time bncheck's
+    Triton fused kernels (``triton-fused``) against torch eager ``relu(bn(x) [+ z])`` instead; plugins declare no
+    epilogue, so no names may be given with it."""
+    if epilogue is not None:
+        if epilogue not in EPILOGUES:
+            raise ValueError(f"--epilogue {epilogue}: one of {', '.join(EPILOGUES)}")
+        if names:
+            raise ValueError(f"--impl {names[0]}: with --epilogue only {FUSED} (bncheck's Triton fused kernels) is "
+                             f"timed against torch eager; BatchNorm plugins declare no epilogue")
+        if precompile_jobs:
+            raise ValueError("--precompile-jobs: not with --epilogue (it runs registry plugins)")
     if precompile_jobs < 0:
         raise ValueError(f"--precompile-jobs {precompile_jobs}: must be 0 (off) or more")
     if rep_ms is not None and not (math.isfinite(rep_ms) and rep_ms > 0):
         raise ValueError(f"--rep-ms {rep_ms}: must be a positive number of milliseconds")
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_names = list(dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))
+    if epilogue is not None:
+        shapes_for(shapes, device)
+        return bench({FUSED: lambda spec: _build_fused(spec, epilogue)}, device, shapes,
+                     [getattr(torch, d) for d in dtype_names], rep_ms, epilogue)
     names = names or [i.name for i in registry.of_kind("batchnorm")]
     unknown = [n for n in names if n not in registry.implementations]
     if unknown:
@@ -375,7 +453,6 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
     if other:
         raise ValueError(f"--impl {other[0]}: a {registry.implementations[other[0]].kind} plugin; "
                          f"only BatchNorm implementations are timed")
-    dtype_names = list(dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))
     shapes_for(shapes, device)   # a bad shape set is named before any work
     pre = precompile(registry, names, device, shapes, dtype_names, precompile_jobs) if precompile_jobs else None
     result = bench({n: registry.implementations[n].build for n in names}, device, shapes,
@@ -388,7 +465,7 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
 def run_from_args(args, registry) -> dict:
     """``bncheck bench``: :func:`run_named` with the parsed arguments, and ``--json``."""
     result = run_named(registry, args.impl, args.device, args.shapes, args.dtype, getattr(args, "rep_ms", None),
-                       getattr(args, "precompile_jobs", 0))
+                       getattr(args, "precompile_jobs", 0), getattr(args, "epilogue", None))
     if args.json:
         import json
         with open(args.json, "w") as f:
@@ -406,6 +483,9 @@ def render_markdown(result: dict) -> str:
     lines = [f"# BatchNorm timings on {h.get('device')}", "",
              f"- torch {h.get('torch')}, triton {h.get('triton') or 'not installed'}",
              f"- timer: {h.get('timer')}",
+             *([f"- epilogue: {h['epilogue']} (torch-native: torch eager BatchNorm, "
+                f"{'in-place add of z, ' if h['epilogue'] == 'add_relu' else ''}in-place ReLU)"]
+               if h.get("epilogue") else []),
              *([f"- compiled ahead: {h['precompile']['tasks']} runs in {h['precompile']['seconds']:.1f} s, "
                 f"{len(h['precompile']['errors'])} error(s)"] if h.get("precompile") else []),
              f"- copy bandwidth (read + write of a large copy): {h.get('copy_gbps', 0):.1f} GB/s",
@@ -429,5 +509,5 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OPS", "NATIVE", "SHAPE_SETS", "RESNET50_CHW", "add_arguments", "bench", "bytes_moved",
-           "copy_bandwidth", "precompile", "render_markdown", "run_from_args", "run_named", "shapes_for"]
+__all__ = ["OPS", "NATIVE", "EPILOGUES", "FUSED", "SHAPE_SETS", "RESNET50_CHW", "add_arguments", "bench",
+           "bytes_moved", "copy_bandwidth", "precompile", "render_markdown", "run_from_args", "run_named", "shapes_for"]

@@ -105,3 +105,33 @@ def test_run_named_names_bad_arguments_before_any_work():
             assert msg in str(e), (kwargs, e)
         else:
             raise AssertionError(f"no error for {kwargs}")
+
+
+def test_epilogue_times_fused_kernels_against_torch_eager():
+    """``--epilogue``: bncheck's Triton fused kernels (interpreter here) against torch eager relu(bn(x) + z); the
+    bytes model counts z, the mask's source and dz."""
+    reg = bncheck.Registry()
+    reg.declare("batchnorm", "scale", Scale)
+    p = argparse.ArgumentParser()
+    B.add_arguments(p)
+    args = p.parse_args(["--device", "cpu", "--shapes", "2x4x6x6:nhwc", "--epilogue", "add_relu", "--rep-ms", "5"])
+    args.json = None
+    result = json.loads(json.dumps(B.run_from_args(args, reg)))
+    assert result["header"]["epilogue"] == "add_relu"
+    rows = result["rows"]
+    assert {r["implementation"] for r in rows} == {B.NATIVE, B.FUSED} and len(rows) == 2 * len(B.OPS)
+    for r in rows:
+        assert set(r) == ROW_KEYS and r["error"] is None and r["time_ms"] > 0, r
+    assert "epilogue: add_relu" in B.render_markdown(result)
+    numel, C = 2 * 4 * 6 * 6, 4
+    assert B.bytes_moved("forward-train", numel, C, 2, 4, "add_relu") == 3 * numel * 2 + 6 * C * 4
+    assert B.bytes_moved("backward", numel, C, 2, 4, "relu") == 4 * numel * 2 + 3 * C * 4
+    assert B.bytes_moved("backward", numel, C, 2, 4, "add_relu") == 5 * numel * 2 + 3 * C * 4
+    for kwargs, msg in ((dict(names=["scale"]), "--impl scale: with --epilogue"),
+                        (dict(precompile_jobs=2), "--precompile-jobs"), (dict(epilogue="gelu"), "--epilogue gelu")):
+        try:
+            B.run_named(reg, **dict(dict(device="cpu", epilogue="relu"), **kwargs))
+        except ValueError as e:
+            assert msg in str(e), (kwargs, e)
+        else:
+            raise AssertionError(f"no error for {kwargs}")
