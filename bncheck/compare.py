@@ -68,6 +68,15 @@ class Comparison:
         self.discrepancies.append(d)
 
 
+def _unravel(flat: int, shape) -> tuple:
+    """The index of element ``flat`` of a row-major tensor of ``shape`` (torch.unravel_index, without its cost)."""
+    idx = []
+    for size in reversed(tuple(shape)):
+        flat, i = divmod(flat, size)
+        idx.append(i)
+    return tuple(reversed(idx))
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
@@ -166,7 +175,7 @@ def _values(cmp: Comparison, step: int, name: str, got, ref: torch.Tensor | None
     cmp.ratios[name] = max(cmp.ratios.get(name, 0.0), r)
     if r > 1.0:
         flat = int(torch.argmax(torch.nan_to_num(ratio, nan=math.inf)).item())
-        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape))
+        idx = _unravel(flat, ratio.shape)
         bad = int((ratio > 1).sum())
         undefined = not bool(torch.isfinite(ref[idx]))
         cmp.add(Discrepancy(step, name, r,

@@ -1,8 +1,10 @@
-"""Runner: each implementation is checked in its own worker process, under a time limit.
+"""Runner: each implementation is checked in a worker process, under a time limit.
 
 A worker that raises, hangs or dies becomes a ``crash``/``timeout`` finding for that implementation; the other
 workers and the report carry on. Workers re-load their plugin from its recorded source, so any plugin works,
-whether or not its builder can be pickled.
+whether or not its builder can be pickled. A worker is reused for the next BatchNorm or fusion plugin once it has
+finished one (starting one costs seconds of imports); one that died or hung is replaced, and a distributed check
+gets a worker of its own.
 """
 from __future__ import annotations
 
@@ -73,6 +75,45 @@ def _worker(source: str, name: str, options: dict, q):
     except BaseException as e:   # reported as a crash finding by the parent
         q.put(("warnings", log.summary()))
         q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
+
+
+def _serve(tasks, q):
+    """A reusable worker: checks one plugin after another (``(source, name, options)`` from ``tasks``; None ends
+    it), posting each one's messages on ``q``. Starting a worker (torch, Hypothesis, bncheck) costs seconds; a
+    plugin that kills its worker, or hangs, costs only that worker, which the runner replaces."""
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        _worker(*task, q)
+
+
+class _Worker:
+    """A worker process and its queues: reusable (``_serve``) for BatchNorm and fusion plugins, one plugin only for
+    a distributed check (it starts rank processes, which a daemonic process may not)."""
+
+    def __init__(self, ctx, impl: Implementation, options: dict):
+        self.q = ctx.Queue()
+        self.reusable = impl.kind != "sync"
+        if self.reusable:
+            self.tasks = ctx.Queue()
+            self.process = ctx.Process(target=_serve, args=(self.tasks, self.q), daemon=True)
+        else:
+            self.tasks = None
+            self.process = ctx.Process(target=_worker, args=(impl.source, impl.name, options, self.q))
+        self.process.start()
+        self.assign(impl, options)
+
+    def assign(self, impl: Implementation, options: dict):
+        if self.tasks is not None:
+            self.tasks.put((impl.source, impl.name, options))
+
+    def stop(self):
+        if self.tasks is not None and self.process.is_alive():
+            self.tasks.put(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
 
 
 def _failed(impl: Implementation, fid: str, evidence: str, prop: str, partial: Result | None = None,
@@ -148,50 +189,64 @@ def run_all(impls: list[Implementation], *, jobs: int = 2, timeout_s: float = PR
     results: dict[str, Result] = {}
     partials: dict[str, Result | None] = {}
     warned: dict[str, list | None] = {}
+    idle: list[_Worker] = []             # reusable workers between plugins
     progress = progress or Progress(len(impls))
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            impl = pending.pop(0)
-            q = ctx.Queue()
-            # a distributed check starts rank processes of its own, which a daemonic process may not do
-            p = ctx.Process(target=_worker, args=(impl.source, impl.name, options, q), daemon=impl.kind != "sync")
-            p.start()
-            running[impl.name] = (impl, p, q, time.monotonic(), "starting")
-            partials[impl.name] = warned[impl.name] = None
-        for name, (impl, p, q, last, current) in list(running.items()):
-            done = None
-            try:
-                while True:
-                    kind, payload = q.get(timeout=0.05)
-                    if kind == "progress":
-                        last, current = time.monotonic(), payload
-                        running[name] = (impl, p, q, last, current)
-                        progress.show(name, payload)
-                    elif kind == "alive":
-                        last = time.monotonic()
-                        running[name] = (impl, p, q, last, current)
-                    elif kind == "partial":
-                        partials[name] = payload
-                    elif kind == "warnings":
-                        warned[name] = payload
-                    elif kind == "result":
-                        done = payload
-                        break
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                impl = pending.pop(0)
+                if impl.kind != "sync" and idle:
+                    w = idle.pop()
+                    w.assign(impl, options)
+                else:
+                    w = _Worker(ctx, impl, options)
+                running[impl.name] = (impl, w, time.monotonic(), "starting")
+                partials[impl.name] = warned[impl.name] = None
+            for name, (impl, w, last, current) in list(running.items()):
+                done = None
+                try:
+                    while True:
+                        kind, payload = w.q.get(timeout=0.05)
+                        if kind == "progress":
+                            last, current = time.monotonic(), payload
+                            running[name] = (impl, w, last, current)
+                            progress.show(name, payload)
+                        elif kind == "alive":
+                            last = time.monotonic()
+                            running[name] = (impl, w, last, current)
+                        elif kind == "partial":
+                            partials[name] = payload
+                        elif kind == "warnings":
+                            warned[name] = payload
+                        elif kind == "result":
+                            done = payload
+                            break
+                        else:
+                            done = _failed(impl, "crash", payload, current, partials[name], warned[name])
+                            break
+                except queue.Empty:
+                    pass
+                healthy = True
+                if done is None and not w.process.is_alive():
+                    done, healthy = _failed(impl, "crash", f"worker process died (exit code {w.process.exitcode}) "
+                                                           f"while checking {current!r}", current,
+                                            partials[name]), False
+                if done is None and time.monotonic() - last > timeout_s:
+                    w.process.kill()
+                    done, healthy = _failed(impl, "timeout", f"no progress for {timeout_s:.0f} s while checking "
+                                                             f"{current!r}; worker killed", current,
+                                            partials[name]), False
+                if done is not None:
+                    if healthy and w.reusable:
+                        idle.append(w)
                     else:
-                        done = _failed(impl, "crash", payload, current, partials[name], warned[name])
-                        break
-            except queue.Empty:
-                pass
-            if done is None and not p.is_alive():
-                done = _failed(impl, "crash", f"worker process died (exit code {p.exitcode}) while checking "
-                                              f"{current!r}", current, partials[name])
-            if done is None and time.monotonic() - last > timeout_s:
-                p.kill()
-                done = _failed(impl, "timeout", f"no progress for {timeout_s:.0f} s while checking {current!r}; "
-                                                f"worker killed", current, partials[name])
-            if done is not None:
-                p.join(timeout=5)
-                results[name] = done
-                del running[name]
-                progress.finish(name, f"{len(done.findings)} finding(s)")
+                        w.stop()
+                    results[name] = done
+                    del running[name]
+                    progress.finish(name, f"{len(done.findings)} finding(s)")
+    finally:
+        for w in idle + [w for _, w, _, _ in running.values()]:
+            if w.process.is_alive() and w not in idle:
+                w.process.kill()
+            w.stop()
     return [results[i.name] for i in impls]

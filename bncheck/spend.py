@@ -24,10 +24,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-PROFILE_BUDGET_S = {"quick": 40.0, "default": 90.0, "thorough": None}
+PROFILE_BUDGET_S = {"quick": 20.0, "default": 45.0, "thorough": None}
 EXPENSIVE_RATIO = 5.0      # a new configuration costing this many times a seen one (and ...)
 EXPENSIVE_MIN_S = 0.5      # ... at least this long) is rationed
-MIN_CASES = 3              # cases every property runs, whatever they cost
+MIN_CASES = 3              # cases every property runs before its share can stop it
+PATIENCE = 200             # draws needing a new configuration a property skips before it takes one anyway
 
 
 def config_keys(sc) -> frozenset:
@@ -84,9 +85,12 @@ class Spending:
         return not config_keys(sc) <= self.seen
 
     def affordable(self, sc, deadline: float | None, spent: Spent) -> bool:
-        """Whether to run ``sc`` now: a case of seen configurations always, a new one while it fits (and the
-        first ``MIN_CASES`` of every property whatever they cost: no property goes unchecked)."""
-        if deadline is None or spent.ran < MIN_CASES or not self.expensive or not self.is_new(sc):
+        """Whether to run ``sc`` now: a case of seen configurations always, a new one while it fits. A property
+        that has run nothing yet takes a new configuration after ``PATIENCE`` draws of none it has seen (drawing is
+        cheap): no property goes unchecked."""
+        if deadline is None or not self.expensive or not self.is_new(sc):
+            return True
+        if spent.ran == 0 and spent.skipped >= PATIENCE:
             return True
         return deadline - time.monotonic() > 1.5 * self.new_cost
 
