@@ -49,7 +49,7 @@ corpus: $(CBIN)/.installed   ## check the corpus plugins: reports/corpus/, repor
 	    --jobs 2 --out reports/corpus; status=$$?; [ $$status -le 1 ] || exit $$status  # 1: findings differ from expect
 	$(CBIN)/bncheck report reports/corpus/latest.json --out reports/corpus.md
 	$(CBIN)/python scripts/corpus_table.py reports/corpus/latest.json $(wildcard reports/corpus-seed*/latest.json) \
-	    --out docs/corpus.md
+	    --out docs/corpus.md --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
