@@ -53,6 +53,8 @@ class FindingResult:
     scenario: str = ""             # its repr, which rebuilds it
     repro: str = ""                # a standalone script that shows it (empty for worker-level crashes and timeouts)
     source: str = "search"         # search | probe (an expected id the search missed, confirmed by its probe)
+    scope: str = ""                # the region of scenarios it explains: "every case", "only with affine=False", ...
+    also: list[str] = field(default_factory=list)   # consequences folded under it: the same cause seen elsewhere
 
     def line(self) -> str:
         """One line: id, where, error/budget, example."""
@@ -79,11 +81,14 @@ class Finding:
     scenario: Any                  # the kind's scenario type: has describe() and a repr that rebuilds it
     repro: str = ""
     source: str = "search"         # search | probe (an expected id the search missed, confirmed by its probe)
+    scope: str = ""                # the region of scenarios it explains: "every case", "only with affine=False", ...
+    also: list[str] = field(default_factory=list)   # consequences folded under it: the same cause seen elsewhere
 
     def result(self) -> FindingResult:
         return FindingResult(id=self.id, property=self.property, where=self.where, evidence=list(self.evidence),
                              error_ratio=_finite(self.error_ratio), example=self.scenario.describe(),
-                             scenario=repr(self.scenario), repro=self.repro, source=self.source)
+                             scenario=repr(self.scenario), repro=self.repro, source=self.source, scope=self.scope,
+                             also=list(self.also))
 
 
 @dataclass
