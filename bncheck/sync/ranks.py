@@ -10,7 +10,9 @@ plain numpy values.
 Nothing may hang and nothing may linger:
 
 * a rank that raises, dies or does not answer in time ends the scenario with ``RankFailure`` naming the rank;
-  when other ranks are left stuck in a collective, the pool is torn down (``broken``) and must be restarted;
+  when other ranks are left stuck in a collective, or one died (``broken``), the dead and stuck workers are
+  replaced by fresh ones (``respawn``: starting a process that imports torch, about 2 s each; the others are
+  kept) and the next scenario forms a new process group;
 * gloo collectives have a finite timeout; ``close()`` always destroys the group, joins, and kills stragglers;
 * every rank runs a watchdog thread that exits the process as soon as its parent is gone (the runner kills a
   hung checking process; its ranks follow within a second).
@@ -26,7 +28,8 @@ import traceback
 
 START_TIMEOUT_S = 120.0     # importing torch and the plugin in every worker
 JOIN_TIMEOUT_S = 60.0       # forming a process group
-CRASH_GRACE_S = 2.0         # after one rank fails: how long the others get to finish (or fail) too
+CRASH_GRACE_S = 1.0         # after one rank fails: how long the others get to finish (or fail) too; then they
+                            # are taken as stuck (in a collective) and replaced
 
 
 class RankFailure(Exception):
@@ -109,6 +112,8 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
         elif op == "join":
             _, world, port, rank, device, backend, timeout_s = msg
             try:
+                if dist.is_initialized():        # a group a failed scenario left behind (its peers replaced)
+                    dist.destroy_process_group()
                 if device.startswith("cuda"):
                     torch.cuda.set_device(torch.device(device))
                 dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -218,6 +223,7 @@ class RankPool:
         self.procs, self.conns, self.eof = [], [], set()
         self.world = 0
         self._task = 0
+        self.respawned, self.respawn_s = 0, 0.0     # workers replaced after broken scenarios, and the time it took
 
     def __enter__(self):
         return self
@@ -229,23 +235,51 @@ class RankPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
 
-    def start(self):
+    def _spawn(self, i: int):
         import torch.multiprocessing as tmp
-        ctx = tmp.get_context("spawn")
+        mine, theirs = tmp.get_context("spawn").Pipe(duplex=True)
+        p = tmp.get_context("spawn").Process(target=_worker_main, name=f"bncheck-rank-{i}",
+                                             args=(i, self.impl.source, self.impl.name, os.getpid(), theirs),
+                                             daemon=True)
+        if i < len(self.procs):
+            self.procs[i], self.conns[i] = p, mine
+        else:
+            self.procs.append(p)
+            self.conns.append(mine)
+        p.start()
+        theirs.close()
+
+    def start(self):
         self.eof = set()
         try:
             for i in range(self.size):
-                mine, theirs = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, name=f"bncheck-rank-{i}",
-                                args=(i, self.impl.source, self.impl.name, os.getpid(), theirs), daemon=True)
-                self.procs.append(p)
-                self.conns.append(mine)
-                p.start()
-                theirs.close()
+                self._spawn(i)
         except BaseException:
             self.close(force=True)
             raise
         self._collect("hello", range(self.size), START_TIMEOUT_S, "starting")
+
+    def respawn(self, indices):
+        """Replace the workers at ``indices`` (stuck in a collective, hung or dead) by fresh ones; the others are
+        kept. The process group is gone: the next ``join`` forms a new one. If that fails, the pool is closed
+        (and the next ``join`` starts it again)."""
+        t0 = time.monotonic()
+        indices = sorted(set(indices))
+        try:
+            for i in indices:
+                p = self.procs[i]
+                if p.is_alive():
+                    p.kill()
+                p.join(timeout=5)
+                self.conns[i].close()
+                self.eof.discard(i)
+                self._spawn(i)
+            self._collect("hello", indices, START_TIMEOUT_S, "restarting stuck ranks")
+        except BaseException:
+            self.close(force=True)
+        self.world = 0
+        self.respawned += len(indices)
+        self.respawn_s += time.monotonic() - t0
 
     def use(self, impl):
         """Run another plugin from now on (workers re-load it; the process group, if any, stays)."""
@@ -321,7 +355,7 @@ class RankPool:
 
     def run(self, payloads: list[dict], timeout_s: float) -> list[dict]:
         """Run one scenario: ``payloads[r]`` goes to rank r. Returns each rank's result, or raises ``Declined`` /
-        ``RankFailure`` (after which, when ``broken``, the pool has been closed)."""
+        ``RankFailure`` (after which, when ``broken``, the dead and stuck workers have been replaced)."""
         assert len(payloads) == self.world, "join(world) first"
         self._task += 1
         task = self._task
@@ -352,7 +386,7 @@ class RankPool:
             raise Declined(failures[0][1] or "declined")
         broken = bool(silent) or any(k in ("died", "collective") for k, _ in failures.values())
         if broken:
-            self.close(force=True)
+            self.respawn(silent + [r for r, (k, _) in failures.items() if k == "died"])
         if failures:
             order = {"died": 0, "exception": 1, "unsupported": 2, "collective": 3}
             r = min(failures, key=lambda i: (order[failures[i][0]], i))   # the cause first, then the consequences
