@@ -180,7 +180,8 @@ def test_a_failure_found_once_replays_from_the_example_database(plugins, tmp_pat
     found = check_fusion(impl, profile="quick", seed=3, database=db)
     assert [(f.id, f.source) for f in found.findings] == [("fold-eps-ignored", "search")]
     assert any((tmp_path / "examples").rglob("*")), "the failing example was not saved"
-    again = check_fusion(impl, seed=4, database=db, phases=replay)
+    # replayed through bncheck.check: the runner passes database and phases on to the fusion check's worker
+    again = bncheck.check(impl, seed=4, database=db, phases=replay)
     assert [(f.id, f.source) for f in again.findings] == [("fold-eps-ignored", "search")]
 
 
