@@ -32,7 +32,7 @@ from bncheck.results import Result
 from bncheck.sync.check import check_sync, run_scenario, script, uneven_shards
 from bncheck.sync.facets import FACETS
 from bncheck.sync.probes import probe_for
-from bncheck.sync.ranks import RankPool, free_port
+from bncheck.sync.ranks import RankFailure, RankPool, free_port
 from bncheck.registry import discover
 from bncheck.sync.reference import (TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, shard, step,
                                     step_local)
@@ -253,9 +253,21 @@ def test_torch_syncbn_declines_on_cpu_with_its_reason(reg, pool):
 KNOBLESS = {"sync-mismatch", "crash", "rank-unsupported", "momentum-none"}
 
 
+@pytest.fixture(scope="module")
+def quick(reg, pool):
+    """Each zoo mutant's check at the quick profile on world sizes 2 and 3 (run once, read by several tests)."""
+    done = {}
+
+    def result(name: str) -> Result:
+        if name not in done:
+            done[name] = check_sync(reg.implementations[name], profile="quick", seed=0, world_sizes=(2, 3), pool=pool)
+        return done[name]
+    return result
+
+
 @pytest.mark.parametrize("name", sorted(ZOO_SYNC_MUTANTS))
-def test_every_sync_mutant_is_caught_and_named(reg, pool, name):
-    r = check_sync(reg.implementations[name], profile="quick", seed=0, world_sizes=(2, 3), pool=pool)
+def test_every_sync_mutant_is_caught_and_named(quick, name):
+    r = quick(name)
     assert {f.id for f in r.findings} == ZOO_SYNC_MUTANTS[name], [(f.id, f.evidence) for f in r.findings]
     for f in r.findings:
         assert f.error_ratio is None or f.error_ratio > 1
@@ -273,11 +285,10 @@ def test_the_zoo_covers_every_sync_id():
     assert {"cancellation", "biased-running-var", "rank-unsupported", "crash"} <= ids
 
 
-def test_a_crash_in_part_of_the_scenarios_does_not_hide_a_second_bug(reg, pool):
+def test_a_crash_in_part_of_the_scenarios_does_not_hide_a_second_bug(quick):
     """A SyncBatchNorm written as a BatchNorm2d rejects 2-, 3- and 5-D input (torch's takes them): rank-unsupported,
     scoped to those ranks; searching on outside that scope finds its biased running variance too."""
-    r = check_sync(reg.implementations["zoo-sync-rank4-biased-running-var"], profile="quick", world_sizes=(2,),
-                   pool=pool)
+    r = quick("zoo-sync-rank4-biased-running-var")
     by_id = {f.id: f for f in r.findings}
     assert set(by_id) == {"rank-unsupported", "biased-running-var"}, [(f.id, f.evidence) for f in r.findings]
     crash = by_id["rank-unsupported"]
@@ -287,30 +298,48 @@ def test_a_crash_in_part_of_the_scenarios_does_not_hide_a_second_bug(reg, pool):
     assert "unbias=none" in by_id["biased-running-var"].evidence[1]
 
 
-def test_a_crash_only_without_tracking_is_scoped_to_it(reg, pool):
-    r = check_sync(reg.implementations["zoo-sync-casts-running-stats"], profile="quick", world_sizes=(2,), pool=pool)
+def test_a_crash_only_without_tracking_is_scoped_to_it(quick):
+    r = quick("zoo-sync-casts-running-stats")
     (f,) = r.findings
     assert (f.id, f.scope) == ("crash", "only with track_running_stats=False")
     assert "track_running_stats=False" in f.example and "AttributeError" in f.evidence[0]
 
 
 def test_a_crash_that_breaks_the_ranks_does_not_end_the_search(reg, pool):
-    """Rank 1 raises when momentum is None and leaves rank 0 waiting in a collective: rank 0 is replaced, the crash
-    is isolated to momentum=None (each crashing variant replacing the stuck rank again) and the search goes on to
-    name the plugin's local-count running variance."""
-    r = check_sync(reg.implementations["bad-sync-breaks-on-momentum-none"], profile="quick", world_sizes=(2,),
+    """Rank 1's process exits when momentum is None: it is replaced, the crash is isolated to momentum=None (each
+    crashing variant replacing it again; not shrunk) and the search goes on to name the plugin's local-count
+    running variance."""
+    r = check_sync(reg.implementations["bad-sync-dies-on-momentum-none"], profile="quick", world_sizes=(2,),
                    pool=pool, scenario_timeout_s=10)
     by_id = {f.id: f for f in r.findings}
     assert set(by_id) == {"momentum-none", "sync-local-count"}, [(f.id, f.evidence) for f in r.findings]
     assert by_id["momentum-none"].scope == "only with momentum=None"
-    assert "left waiting" in by_id["momentum-none"].evidence[0]
+    assert "rank 1 died (exit code 5)" in by_id["momentum-none"].evidence[0]
+    assert "not shrunk" in by_id["momentum-none"].evidence[-1]
     assert "stuck or dead rank(s) replaced" in r.capabilities["world size 2"]
 
 
-def test_the_repeats_of_a_named_finding_widen_its_scope_and_are_kept_as_evidence(reg, pool):
+def test_a_rank_that_raises_alone_leaves_the_others_usable(reg, pool):
+    """Rank 1 raises and abandons the group: rank 0, waiting on it in the statistics all_gather, fails at once
+    (no rank is replaced) and the crash is shrunk like any other."""
+    before = pool.respawned
+    r = check_sync(reg.implementations["bad-sync-raises-on-one-rank"], profile="quick", world_sizes=(2,), pool=pool)
+    (f,) = r.findings
+    assert (f.id, f.where, f.scope) == ("crash", "rank 1", "every case")
+    assert "rank 1 lost its shard" in f.evidence[0] and "not shrunk" not in f.evidence[-1]
+    assert pool.respawned == before
+    # the case Hypothesis first drew trained (rank 0 waited on rank 1 in a collective); the shrunk one may not
+    sc = SyncScenario(shards=(2, 2), steps=(True,))
+    data = materialize(sc)
+    with pytest.raises(RankFailure, match="then rank 0: .*Connection closed") as e:
+        run_scenario(pool, sc, data, timeout_s=10)
+    assert not e.value.broken and pool.respawned == before
+
+
+def test_the_repeats_of_a_named_finding_widen_its_scope_and_are_kept_as_evidence(quick):
     """The unbiased merge shows in the output, then in dx, dweight and the running variance: one sync-mismatch,
     the later sightings under it ("also")."""
-    r = check_sync(reg.implementations["zoo-sync-unbiased-merge"], profile="quick", world_sizes=(2,), pool=pool)
+    r = quick("zoo-sync-unbiased-merge")
     (f,) = r.findings
     assert f.id == "sync-mismatch" and f.also, f
     assert {a.split(": ", 1)[1].split(" on rank")[0] for a in f.also} >= {"dx", "running_var"}

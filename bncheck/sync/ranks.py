@@ -10,9 +10,10 @@ plain numpy values.
 Nothing may hang and nothing may linger:
 
 * a rank that raises, dies or does not answer in time ends the scenario with ``RankFailure`` naming the rank;
-  when other ranks are left stuck in a collective, or one died (``broken``), the dead and stuck workers are
-  replaced by fresh ones (``respawn``: starting a process that imports torch, about 2 s each; the others are
-  kept) and the next scenario forms a new process group;
+  a rank that fails aborts its process group, which closes its connections, so that peers waiting on it in a
+  collective fail at once rather than hang; the next scenario forms a new group. Ranks that still do not answer
+  within a grace, or that died (``broken``), are replaced by fresh workers (``respawn``: starting a process that
+  imports torch, about 2 s each; the others are kept);
 * gloo collectives have a finite timeout; ``close()`` always destroys the group, joins, and kills stragglers;
 * every rank runs a watchdog thread that exits the process as soon as its parent is gone (the runner kills a
   hung checking process; its ranks follow within a second).
@@ -28,12 +29,14 @@ import traceback
 
 START_TIMEOUT_S = 120.0     # importing torch and the plugin in every worker
 JOIN_TIMEOUT_S = 60.0       # forming a process group
-CRASH_GRACE_S = 1.0         # after one rank fails: how long the others get to finish (or fail) too; then they
-                            # are taken as stuck (in a collective) and replaced
+CRASH_GRACE_S = 5.0         # after one rank fails: how long the others get to finish (or fail) too; a rank waiting
+                            # on it in a collective fails at once (the failed rank abandons the group), so only a
+                            # rank that hangs or is slow waits this long; then it is taken as stuck and replaced
 
 
 class RankFailure(Exception):
-    """A scenario ended without results from every rank: ``kind`` is the finding id (crash or timeout)."""
+    """A scenario ended without results from every rank: ``kind`` is the finding id (crash or timeout);
+    ``broken``: a rank died or hung and had to be replaced (each repeat of the scenario would cost that again)."""
 
     def __init__(self, kind: str, message: str, ranks=(), broken: bool = True):
         super().__init__(message)
@@ -135,9 +138,29 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
                     "collective" if _in_collective(e) else "exception")
                 text = str(e) if isinstance(e, (Unsupported, ShardError)) else _describe(e)
                 reply = ("failed", (task, kind, text))
+                _abandon_group()
+                group = None
             conn.send(reply)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _abandon_group():
+    """After a failed scenario: abort this rank's process group, which closes its connections at once, so that
+    peers waiting on this rank in a collective fail now (and stay usable) instead of hanging until the timeout;
+    the parent forms a new group for the next scenario."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return
+    try:
+        dist.distributed_c10d._abort_process_group(dist.group.WORLD)
+    except Exception:                     # a torch without it: destroying the group is what remains
+        pass
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
 
 
 def _in_collective(e: BaseException) -> bool:
@@ -382,9 +405,10 @@ class RankPool:
         silent = [r for r in range(self.world) if r not in results and r not in failures]
         if not failures and not silent:
             return [results[r] for r in range(self.world)]
-        if not silent and len(failures) == self.world and all(k == "unsupported" for k, _ in failures.values()):
+        world, self.world = self.world, 0   # the ranks that failed abandoned the group: the next run forms a new one
+        if not silent and len(failures) == world and all(k == "unsupported" for k, _ in failures.values()):
             raise Declined(failures[0][1] or "declined")
-        broken = bool(silent) or any(k in ("died", "collective") for k, _ in failures.values())
+        broken = bool(silent) or any(k == "died" for k, _ in failures.values())
         if broken:
             self.respawn(silent + [r for r, (k, _) in failures.items() if k == "died"])
         if failures:

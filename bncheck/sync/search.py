@@ -9,11 +9,12 @@ for wrong values, which single change makes them right), and the next round goes
 an id named before widens that finding's scope and is kept under it as "also: ..." evidence. A property ends when
 a round's examples pass (or every case drawn is excluded); ``rounds`` only bounds the search.
 
-Rank failures: a crash that leaves the pool usable (every rank raised) is shrunk like any failure. One that breaks
-it (a rank died, or others were left waiting in a collective) is not shrunk, since each try would cost replacing
-the stuck ranks (``RankPool.respawn``: about 2 s per rank replaced, starting a process that imports torch, plus the
-grace the other ranks get to fail); it is isolated on the case as drawn, each crashing variant replacing them
-again, and the search goes on. A timeout ends the check: every further try would wait for the full limit again.
+Rank failures: a crash that leaves every rank alive (one raised; the ranks waiting on it in a collective fail
+as soon as it abandons the group) is shrunk like any failure. One that breaks the pool (a rank died, or did not
+answer within the grace) is not shrunk, since each try would cost replacing that rank (``RankPool.respawn``: about
+2 s per rank, starting a process that imports torch); it is isolated on the case as drawn, each crashing variant
+replacing it again, and the search goes on. A timeout ends the check: every further try would wait for the full
+limit again.
 
 Runs are reproducible: each round's Hypothesis seed derives from ``seed``, the world size, the property and the
 round. ``database`` (a directory) is where failing examples are saved and replayed from first, under a key per
@@ -159,8 +160,7 @@ class SyncSearch:
             fid = crash_id(region, sc)
             evidence += lines
             if not shrunk:
-                evidence.append("not shrunk: the crash left ranks waiting in a collective (each try restarts the "
-                                "ranks)")
+                evidence.append("not shrunk: a rank died or hung (each try replaces it, about 2 s)")
         f = Finding(fid, prop, where, evidence, math.inf, sc, self.script(fid, where, sc))
         return self.record(self.results[prop], f, region, blocking=True)
 
