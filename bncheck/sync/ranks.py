@@ -138,8 +138,9 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
                     "collective" if _in_collective(e) else "exception")
                 text = str(e) if isinstance(e, (Unsupported, ShardError)) else _describe(e)
                 reply = ("failed", (task, kind, text))
-                _abandon_group()
-                group = None
+                if kind != "unsupported":      # a declining builder never reached a collective: the group is fine
+                    _abandon_group()
+                    group = None
             conn.send(reply)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -405,9 +406,9 @@ class RankPool:
         silent = [r for r in range(self.world) if r not in results and r not in failures]
         if not failures and not silent:
             return [results[r] for r in range(self.world)]
-        world, self.world = self.world, 0   # the ranks that failed abandoned the group: the next run forms a new one
-        if not silent and len(failures) == world and all(k == "unsupported" for k, _ in failures.values()):
-            raise Declined(failures[0][1] or "declined")
+        if not silent and len(failures) == self.world and all(k == "unsupported" for k, _ in failures.values()):
+            raise Declined(failures[0][1] or "declined")     # every builder declined: the group is untouched
+        self.world = 0          # the ranks that failed abandoned the group: the next run forms a new one
         broken = bool(silent) or any(k == "died" for k, _ in failures.values())
         if broken:
             self.respawn(silent + [r for r, (k, _) in failures.items() if k == "died"])
