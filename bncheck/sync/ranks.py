@@ -299,7 +299,7 @@ class RankPool:
                 self.eof.discard(i)
                 self._spawn(i)
             self._collect("hello", indices, START_TIMEOUT_S, "restarting stuck ranks")
-        except BaseException:
+        except Exception:            # a replacement that does not start: start the whole pool again on next join
             self.close(force=True)
         self.world = 0
         self.respawned += len(indices)
