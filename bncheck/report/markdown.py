@@ -155,15 +155,14 @@ def _finding(r: Result, f) -> list[str]:
     ratio = "structural" if f.error_ratio is None else f"{_ratio(f.error_ratio)} × budget"
     probe = " (probe)" if f.source == "probe" else ""
     e = html.escape
-    scope = f" [{e(f.scope)}]" if f.scope else ""
-    line = (f"{mark} <b>{e(r.name)}</b> <code>{e(f.id)}</code>{probe} in {e(f.property)}{scope}: {e(f.where)}"
-            f" · <b>{ratio}</b> · {e(_short(f.example, 60))}")
+    scope = f" · <i>{e(_short(f.scope, 70))}</i>" if f.scope else ""
+    line = (f"{mark} <b>{e(r.name)}</b> <code>{e(f.id)}</code>{probe} in {e(f.property)}: {e(f.where)}"
+            f" · <b>{ratio}</b>{scope} · {e(_short(f.example, 60))}")
     body = ["<details>", f"<summary>{line}</summary>", "", "```text", *[str(x) for x in f.evidence]]
-    body += [f"minimal example: {f.example or '-'}"]
     if f.scope:
-        body += [f"scope: {f.scope}"]
-    body += [f"also: {a}" for a in f.also]
-    body += ["```", ""]
+        body.append(f"scope: {f.scope}")
+    body += [f"also (the same cause): {a}" for a in f.also]
+    body += [f"minimal example: {f.example or '-'}", "```", ""]
     if not f.repro:
         body += ["No reproducer: the worker itself failed (crash or timeout).", ""]
     else:
