@@ -38,7 +38,7 @@ def check(target, *, profile: str = "quick", seed: int = 0, properties=None, kin
     verdict 'unexpected'; ``timeout_s``: a worker with no progress for this long is a 'timeout' finding;
     ``name``, ``state``: for a plain builder, the name to report and where its state lives (as in
     ``@bncheck.implementation``); ``database``, ``phases``: a Hypothesis example directory to replay from and save
-    to, and the Hypothesis phases allowed (BatchNorm searches)."""
+    to, and the Hypothesis phases allowed (every kind's search)."""
     from . import runner
     if profile not in PROFILES:
         raise ValueError(f"check(profile={profile!r}): one of {', '.join(PROFILES)}")

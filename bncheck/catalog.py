@@ -2,10 +2,16 @@
 
 Ids are stable: they appear in reports, in the JSON, and in plugins' ``expect`` sets. Adding a class of bug
 means adding one entry here (and, where an oracle knob expresses it, naming that knob setting in ``knobs``).
+
+An entry belongs to one plugin kind (``kind``, whose reference ``knobs`` are written for), and may be named by
+other kinds too, each with knob settings of its own reference (``elsewhere``): ``cancellation`` is a BatchNorm
+oracle knob and also a sync reference knob, because a synchronised BatchNorm can compute its variance by
+E[x^2]-E[x]^2 just as well. ``knob_hypotheses(kind)`` gives every entry a kind can name by a knob, with that
+kind's settings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,19 @@ class Entry:
     kind: str = "batchnorm"            # batchnorm | fusion | sync
     # Oracle knob settings that express this bug: alternatives, each tried as one counterfactual in diagnosis.
     knobs: tuple = ()
+    # Other kinds that name this bug with knobs of their own reference: ((kind, knob settings), ...)
+    elsewhere: tuple = ()
+
+    @property
+    def kinds(self) -> tuple:
+        """Every plugin kind whose diagnosis can name this entry by a knob (its own kind first)."""
+        return (self.kind,) + tuple(k for k, _ in self.elsewhere)
+
+    def knobs_for(self, kind: str) -> tuple:
+        """The knob settings expressing this bug in ``kind``'s reference (empty: none there)."""
+        if kind == self.kind:
+            return self.knobs
+        return next((knobs for k, knobs in self.elsewhere if k == kind), ())
 
 
 _ENTRIES = [
@@ -30,7 +49,7 @@ _ENTRIES = [
           "ExponentialMovingAverage(zero_debias=True)): the first training step copies the batch statistics, step k "
           "weights the batch by m/(1-(1-m)^k)", knobs=({"momentum_debias": True},)),
     Entry("biased-running-var", "running_var is updated with the biased batch variance",
-          knobs=({"running_var_unbiased": False},)),
+          knobs=({"running_var_unbiased": False},), elsewhere=(("sync", ({"unbias": "none"},)),)),
     Entry("unbiased-normalization", "the output is normalised with the unbiased batch variance",
           knobs=({"norm_var_unbiased": True},)),
     Entry("eps-outside-sqrt", "(x-mean)/(sqrt(var)+eps) instead of (x-mean)/sqrt(var+eps)",
@@ -66,7 +85,7 @@ _ENTRIES = [
     Entry("stats-broadcast-axis", "(C,)-shaped statistics broadcast against the last axis, not the channel axis",
           knobs=({"stats_broadcast": "last-axis"},)),
     Entry("cancellation", "variance by E[x^2]-E[x]^2: error past a stable algorithm's bound as |mean|/std grows",
-          knobs=({"naive_variance": "input"},)),
+          knobs=({"naive_variance": "input"},), elsewhere=(("sync", ({"variance": "one-pass"},)),)),
     Entry("low-precision-accumulation", "reductions accumulate in float16/bfloat16"),
     Entry("reduced-precision", "computes a float64 input in float32 (and casts back): errors at float32's "
           "roundoff, within float32's budget",
@@ -135,5 +154,11 @@ def check_ids(ids, where: str) -> frozenset[str]:
 
 
 def knob_hypotheses(kind: str = "batchnorm") -> list[Entry]:
-    """Catalog entries that an oracle knob setting expresses, in catalog order."""
-    return [e for e in _ENTRIES if e.kind == kind and e.knobs]
+    """Catalog entries that a knob setting of ``kind``'s reference expresses, in catalog order; an entry of another
+    kind comes as ``kind`` sees it (its ``knobs`` are the settings for ``kind``)."""
+    out = []
+    for e in _ENTRIES:
+        knobs = e.knobs_for(kind)
+        if knobs:
+            out.append(e if e.kind == kind else replace(e, kind=kind, knobs=knobs, elsewhere=()))
+    return out

@@ -19,7 +19,7 @@ from . import diagnose, execute
 from .catalog import CATALOG
 from .compare import VALUE_FIELDS, compare
 from .oracle import TORCH, Knobs
-from .ledger import Ledger
+from .search_ledger import SearchLedger
 from .properties import BY_NAME
 from .registry import Implementation
 from .repro import script
@@ -157,12 +157,12 @@ def run_probe(impl: Implementation, fid: str, base: Knobs = TORCH, device: str =
     return [], None, None, ran
 
 
-def confirm_expected(impl: Implementation, ledger: Ledger | None = None, device: str = "cpu",
+def confirm_expected(impl: Implementation, ledger: SearchLedger | None = None, device: str = "cpu",
                      found=None) -> PropertyResult | None:
     """Probe every expected BatchNorm id the search did not find (``ledger``: what the search named, its scopes
     and knobs; ``found``: or just the ids, with torch's knobs); confirmed ones become findings with
     ``source='probe'`` and a scope of their own. Returns None when nothing was left to probe."""
-    ledger = ledger if ledger is not None else Ledger()
+    ledger = ledger if ledger is not None else SearchLedger()
     found = ledger.ids if found is None else frozenset(found) | ledger.ids
     # in catalog order (semantic before numeric ids); a confirmed bug is assumed by the later probes, as the search
     # assumes what it named

@@ -26,7 +26,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from . import diagnose, execute, probes
 from .compare import compare
-from .ledger import Ledger
+from .search_ledger import SearchLedger
 from .properties import PROPERTIES, Property
 from .registry import Implementation
 from .repro import script
@@ -60,7 +60,8 @@ def dtype_label(sc: Scenario) -> str:
 
 
 def search_property(impl: Implementation, prop: Property, *, profile: str = "default", seed: int = 0,
-                    device: str = "cpu", index: int = 0, ledger: Ledger | None = None, database: str | None = None,
+                    device: str = "cpu", index: int = 0, ledger: SearchLedger | None = None,
+                    database: str | None = None,
                     phases=None, spending: Spending | None = None, share_s: float | None = None) -> PropertyResult:
     """``ledger``: what earlier properties named, where each finding holds and the oracle knobs they established
     (updated in place); this property searches outside those scopes, with those knobs assumed, so a bug named once
@@ -69,7 +70,7 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
     search uses). ``spending``: the plugin's configurations seen and their measured cost (``spend.py``);
     ``share_s``: this property's share of the plugin's time budget (None: no limit)."""
     conf = PROFILES[profile]
-    ledger = ledger if ledger is not None else Ledger()
+    ledger = ledger if ledger is not None else SearchLedger()
     spending = spending if spending is not None else Spending(None)
     res = PropertyResult(prop.name)
     res.spent = Spent(share_s)
@@ -248,7 +249,7 @@ def check_implementation(impl: Implementation, *, profile: str = "default", seed
     props = [p for p in PROPERTIES if properties is None or p.name in properties]
     t0 = time.monotonic()
     results = []
-    ledger = Ledger()
+    ledger = SearchLedger()
     spending = Spending.for_profile(profile, budget_s)
     for i, prop in enumerate(props):
         if on_property:

@@ -1,5 +1,6 @@
-"""The conv-BN fusion check: references clean, the seed fold and every zoo mutant named, budgets cross-checked
-against torch, both plugin forms adapted, bad plugins reported as findings."""
+"""The conv-BN fusion check: references clean, the seed fold and every zoo mutant named (a fold bug behind a crash
+too, each finding with its scope), every id confirmed by its directed probe, failures replayed from the example
+database, budgets cross-checked against torch, both plugin forms adapted, bad plugins reported as findings."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 import bncheck
+from bncheck.catalog import CATALOG
 from bncheck.folding.fold import fold_conv_bn, fold_weights
 from bncheck.folding.check import check_fusion
 from bncheck.results import Result
@@ -27,8 +29,8 @@ from zoo.fusion_mutants import CORRECT, MUTANTS     # noqa: E402
 ZOO = ROOT / "tests" / "zoo" / "fusion_plugins.py"
 KEYS = {"name", "kind", "origin", "expect", "cases", "declined_cases", "findings", "worst_ratio_by_dtype",
         "properties", "capabilities", "seconds"}
-FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro", "source", "scope",
-                "also"}
+FINDING_KEYS = {"id", "property", "where", "evidence", "error_ratio", "example", "scenario", "repro", "source",
+                "scope", "also"}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_seed_000_fold_has_exactly_its_expected_findings(plugins, seed_result):
 def test_a_knob_explanation_reads_like_the_style_guide(seed_result):
     f = {f.id: f for f in seed_result.findings}["fold-transposed-axis"]
     assert f.property == "fold-output" and f.where == "fused(x)" and f.error_ratio > 1
-    diff, why = f.evidence
+    diff, why = f.evidence[:2]
     assert diff.startswith("max |diff| ") and " x budget (" in diff and "elements over budget" in diff
     assert why.startswith("matches the fold reference with the scale applied along weight axis 0")
 
@@ -114,10 +116,73 @@ def test_correct_zoo_folds_are_clean(plugins, name):
     assert r.findings == [], [(f.id, f.evidence) for f in r.findings]
 
 
-@pytest.mark.parametrize("name,finding", sorted((f"zoo-fold-{n}", c.finding) for n, c in MUTANTS.items()))
-def test_each_mutant_is_caught_and_named(plugins, name, finding):
+@pytest.mark.parametrize("name,expect", sorted((f"zoo-fold-{n}", c.expect) for n, c in MUTANTS.items()))
+def test_each_mutant_is_caught_and_named(plugins, name, expect):
     r = check_fusion(plugins[name], profile="default", seed=0)
-    assert _ids(r) == {finding}, [(f.id, f.evidence, f.example) for f in r.findings]
+    assert _ids(r) == expect, [(f.id, f.evidence, f.example) for f in r.findings]
+    assert all(f.scope == "every case" or f.scope.startswith("only with ") for f in r.findings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_fusion_zoo_is_named_exactly_on_other_seeds(plugins, seed):
+    for name, cls in {**{f"zoo-fold-{n}": c for n, c in MUTANTS.items()},
+                      **{f"zoo-fold-correct-{n}": c for n, c in CORRECT.items()}}.items():
+        r = check_fusion(plugins[name], profile="default", seed=seed)
+        assert _ids(r) == cls.expect, (name, [(f.id, f.example) for f in r.findings])
+
+
+def test_a_fold_bug_behind_a_crash_is_named_with_the_crash(plugins):
+    """The shrunk failing case is the crash (no conv bias); searching on outside its scope finds the ignored eps."""
+    r = check_fusion(plugins["zoo-fold-bias-none-crash-eps-ignored"], profile="default", seed=0)
+    by_id = {f.id: f for f in r.findings}
+    assert set(by_id) == {"fold-bias-none-crash", "fold-eps-ignored"}
+    assert by_id["fold-bias-none-crash"].scope == "only with a conv without bias"
+    assert "bias=True" in by_id["fold-eps-ignored"].example
+    assert "eps ignored" in by_id["fold-eps-ignored"].evidence[1]
+
+
+def test_the_scopes_of_the_seed_fold_name_the_features_it_fails_on(seed_result):
+    scopes = {f.id: f.scope for f in seed_result.findings}
+    assert scopes == {"fold-transposed-axis": "only with a transposed conv", "crash": "only with affine=False",
+                      "fold-bias-none-crash": "only with a conv without bias",
+                      "rank-unsupported": "only with a 1-d or 3-d conv",
+                      "fold-wrong-module": "only with a single output channel"}
+
+
+@pytest.mark.parametrize("name,expect", sorted((f"zoo-fold-{n}", c.expect) for n, c in MUTANTS.items()))
+def test_every_expected_fusion_id_is_confirmed_by_its_probe_without_a_search(plugins, name, expect):
+    """With no Hypothesis phase the search runs nothing; the directed probes name every expected id."""
+    r = check_fusion(plugins[name], phases=[])
+    assert _ids(r) == expect, [(f.id, f.evidence) for f in r.findings]
+    assert {f.source for f in r.findings} == {"probe"} and list(r.properties)[-1] == "probes"
+
+
+def test_the_seed_fold_is_confirmed_by_probes_alone(plugins):
+    r = check_fusion(plugins["seed-000-fold"], phases=[])
+    assert _ids(r) == set(plugins["seed-000-fold"].expect), [(f.id, f.evidence) for f in r.findings]
+
+
+def test_every_id_a_fusion_check_names_has_a_probe():
+    from bncheck.folding.diagnosis import FALLBACK, PROBES as FEATURES
+    from bncheck.folding.probes import probe_for
+    ids = {e.id for e in CATALOG.values() if e.kind == "fusion"} | set(FALLBACK.values()) | \
+        {fid for _, fid in FEATURES if fid}
+    assert {fid for fid in ids if probe_for(fid) is None} == set()
+
+
+def test_a_failure_found_once_replays_from_the_example_database(plugins, tmp_path):
+    impl = plugins["zoo-fold-eps-ignored"]
+    db = str(tmp_path / "examples")
+    replay = ["reuse", "shrink"]              # nothing generated: a finding can only come from the database
+    nothing = check_fusion(impl, database=db, phases=replay)
+    assert [f.source for f in nothing.findings] == ["probe"]        # nothing stored yet: only its probe shows it
+    found = check_fusion(impl, profile="quick", seed=3, database=db)
+    assert [(f.id, f.source) for f in found.findings] == [("fold-eps-ignored", "search")]
+    assert any((tmp_path / "examples").rglob("*")), "the failing example was not saved"
+    # replayed through bncheck.check: the runner passes database and phases on to the fusion check's worker
+    again = bncheck.check(impl, seed=4, database=db, phases=replay)
+    assert [(f.id, f.source) for f in again.findings] == [("fold-eps-ignored", "search")]
 
 
 def test_transposed_reshape_back_is_wrong_exactly_where_both_channel_counts_exceed_one():

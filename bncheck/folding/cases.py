@@ -20,6 +20,7 @@ from torch import nn
 from .. import budget as B
 from ..registry import Implementation
 from ..spec import Unsupported
+from .facets import FACETS
 from .fold import FOLD_REFERENCE, FoldKnobs, NotExpressible, fold_parameters, transposed_groups
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
@@ -90,6 +91,10 @@ class FoldScenario:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    def facets(self) -> dict:
+        """What a scope can say about this scenario (``bncheck.scope``): one value per facet of ``facets.FACETS``."""
+        return {name: f.read(self) for name, f in FACETS.items()}
+
     def with_(self, **changes) -> "FoldScenario":
         """A variant; the input is lengthened and output_padding cleared where the new conv needs it."""
         return fit(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
@@ -116,7 +121,8 @@ class FoldScenario:
 def fit(**kw) -> FoldScenario:
     """A scenario from these fields, with the input long enough for a (non-transposed) conv and output_padding
     cleared where the conv does not allow it."""
-    spatial, op = list(kw["spatial"]), list(kw.get("output_padding") or (0,) * len(spatial))
+    spatial = list(kw["spatial"])
+    op = list(kw.get("output_padding") or (0,) * len(spatial))
     for i, (k, s, p, d) in enumerate(zip(kw["kernel"], kw["stride"], kw["padding"], kw["dilation"])):
         if not kw["transposed"]:
             spatial[i] = max(spatial[i], d * (k - 1) + 1 - 2 * p)

@@ -10,7 +10,10 @@ plain numpy values.
 Nothing may hang and nothing may linger:
 
 * a rank that raises, dies or does not answer in time ends the scenario with ``RankFailure`` naming the rank;
-  when other ranks are left stuck in a collective, the pool is torn down (``broken``) and must be restarted;
+  a rank that fails aborts its process group, which closes its connections, so that peers waiting on it in a
+  collective fail at once rather than hang; the next scenario forms a new group. Ranks that still do not answer
+  within a grace, or that died (``broken``), are replaced by fresh workers (``respawn``: starting a process that
+  imports torch, about 2 s each; the others are kept);
 * gloo collectives have a finite timeout; ``close()`` always destroys the group, joins, and kills stragglers;
 * every rank runs a watchdog thread that exits the process as soon as its parent is gone (the runner kills a
   hung checking process; its ranks follow within a second).
@@ -26,11 +29,14 @@ import traceback
 
 START_TIMEOUT_S = 120.0     # importing torch and the plugin in every worker
 JOIN_TIMEOUT_S = 60.0       # forming a process group
-CRASH_GRACE_S = 2.0         # after one rank fails: how long the others get to finish (or fail) too
+CRASH_GRACE_S = 5.0         # after one rank fails: how long the others get to finish (or fail) too; a rank waiting
+                            # on it in a collective fails at once (the failed rank abandons the group), so only a
+                            # rank that hangs or is slow waits this long; then it is taken as stuck and replaced
 
 
 class RankFailure(Exception):
-    """A scenario ended without results from every rank: ``kind`` is the finding id (crash or timeout)."""
+    """A scenario ended without results from every rank: ``kind`` is the finding id (crash or timeout);
+    ``broken``: a rank died or hung and had to be replaced (each repeat of the scenario would cost that again)."""
 
     def __init__(self, kind: str, message: str, ranks=(), broken: bool = True):
         super().__init__(message)
@@ -109,6 +115,8 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
         elif op == "join":
             _, world, port, rank, device, backend, timeout_s = msg
             try:
+                if dist.is_initialized():        # a group a failed scenario left behind (its peers replaced)
+                    dist.destroy_process_group()
                 if device.startswith("cuda"):
                     torch.cuda.set_device(torch.device(device))
                 dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -130,9 +138,30 @@ def _worker_main(index: int, source: str, name: str, parent_pid: int, conn):
                     "collective" if _in_collective(e) else "exception")
                 text = str(e) if isinstance(e, (Unsupported, ShardError)) else _describe(e)
                 reply = ("failed", (task, kind, text))
+                if kind != "unsupported":      # a declining builder never reached a collective: the group is fine
+                    _abandon_group()
+                    group = None
             conn.send(reply)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _abandon_group():
+    """After a failed scenario: abort this rank's process group, which closes its connections at once, so that
+    peers waiting on this rank in a collective fail now (and stay usable) instead of hanging until the timeout;
+    the parent forms a new group for the next scenario."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return
+    try:
+        dist.distributed_c10d._abort_process_group(dist.group.WORLD)
+    except Exception:                     # a torch without it: destroying the group is what remains
+        pass
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
 
 
 def _in_collective(e: BaseException) -> bool:
@@ -218,6 +247,7 @@ class RankPool:
         self.procs, self.conns, self.eof = [], [], set()
         self.world = 0
         self._task = 0
+        self.respawned, self.respawn_s = 0, 0.0     # workers replaced after broken scenarios, and the time it took
 
     def __enter__(self):
         return self
@@ -229,23 +259,51 @@ class RankPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
 
-    def start(self):
+    def _spawn(self, i: int):
         import torch.multiprocessing as tmp
-        ctx = tmp.get_context("spawn")
+        mine, theirs = tmp.get_context("spawn").Pipe(duplex=True)
+        p = tmp.get_context("spawn").Process(target=_worker_main, name=f"bncheck-rank-{i}",
+                                             args=(i, self.impl.source, self.impl.name, os.getpid(), theirs),
+                                             daemon=True)
+        if i < len(self.procs):
+            self.procs[i], self.conns[i] = p, mine
+        else:
+            self.procs.append(p)
+            self.conns.append(mine)
+        p.start()
+        theirs.close()
+
+    def start(self):
         self.eof = set()
         try:
             for i in range(self.size):
-                mine, theirs = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, name=f"bncheck-rank-{i}",
-                                args=(i, self.impl.source, self.impl.name, os.getpid(), theirs), daemon=True)
-                self.procs.append(p)
-                self.conns.append(mine)
-                p.start()
-                theirs.close()
+                self._spawn(i)
         except BaseException:
             self.close(force=True)
             raise
         self._collect("hello", range(self.size), START_TIMEOUT_S, "starting")
+
+    def respawn(self, indices):
+        """Replace the workers at ``indices`` (stuck in a collective, hung or dead) by fresh ones; the others are
+        kept. The process group is gone: the next ``join`` forms a new one. If that fails, the pool is closed
+        (and the next ``join`` starts it again)."""
+        t0 = time.monotonic()
+        indices = sorted(set(indices))
+        try:
+            for i in indices:
+                p = self.procs[i]
+                if p.is_alive():
+                    p.kill()
+                p.join(timeout=5)
+                self.conns[i].close()
+                self.eof.discard(i)
+                self._spawn(i)
+            self._collect("hello", indices, START_TIMEOUT_S, "restarting stuck ranks")
+        except Exception:            # a replacement that does not start: start the whole pool again on next join
+            self.close(force=True)
+        self.world = 0
+        self.respawned += len(indices)
+        self.respawn_s += time.monotonic() - t0
 
     def use(self, impl):
         """Run another plugin from now on (workers re-load it; the process group, if any, stays)."""
@@ -321,7 +379,7 @@ class RankPool:
 
     def run(self, payloads: list[dict], timeout_s: float) -> list[dict]:
         """Run one scenario: ``payloads[r]`` goes to rank r. Returns each rank's result, or raises ``Declined`` /
-        ``RankFailure`` (after which, when ``broken``, the pool has been closed)."""
+        ``RankFailure`` (after which, when ``broken``, the dead and stuck workers have been replaced)."""
         assert len(payloads) == self.world, "join(world) first"
         self._task += 1
         task = self._task
@@ -349,10 +407,11 @@ class RankPool:
         if not failures and not silent:
             return [results[r] for r in range(self.world)]
         if not silent and len(failures) == self.world and all(k == "unsupported" for k, _ in failures.values()):
-            raise Declined(failures[0][1] or "declined")
-        broken = bool(silent) or any(k in ("died", "collective") for k, _ in failures.values())
+            raise Declined(failures[0][1] or "declined")     # every builder declined: the group is untouched
+        self.world = 0          # the ranks that failed abandoned the group: the next run forms a new one
+        broken = bool(silent) or any(k == "died" for k, _ in failures.values())
         if broken:
-            self.close(force=True)
+            self.respawn(silent + [r for r, (k, _) in failures.items() if k == "died"])
         if failures:
             order = {"died": 0, "exception": 1, "unsupported": 2, "collective": 3}
             r = min(failures, key=lambda i: (order[failures[i][0]], i))   # the cause first, then the consequences

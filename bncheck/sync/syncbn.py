@@ -15,7 +15,8 @@ for inputs of rank 2 to 5. Per channel:
 * eval with running statistics: purely local (no communication), like ``torch.nn.BatchNorm``.
 
 Every rank must call forward (and backward) the same number of times: the collectives pair up across ranks.
-Subclasses may override ``merge_statistics``, ``unbias_count`` and ``reduce_grad_sums`` (the zoo's mutants do).
+Subclasses may override ``local_statistics``, ``merge_statistics``, ``unbias_count``, ``running_variance`` and
+``reduce_grad_sums`` (the zoo's mutants do).
 """
 from __future__ import annotations
 
@@ -43,8 +44,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         xc = _per_channel(x, acc)
         n_local = xc.shape[1]
         if n_local:
-            mean_l = xc.mean(1)
-            m2_l = ((xc - mean_l[:, None]) ** 2).sum(1)
+            mean_l, m2_l = bn.local_statistics(xc)
         else:
             mean_l = m2_l = xc.new_zeros(c)
         counts, means, m2s = bn.gather_statistics(torch.full_like(mean_l, n_local), mean_l, m2_l)
@@ -56,9 +56,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(var + bn.eps)
         if update_stats:
             with torch.no_grad():
-                n_unbias = bn.unbias_count(n_global, n_local)
-                unbiased = var * n_unbias / (n_unbias - 1) if n_unbias > 1 else var * float("inf")
-                bn.update_running_stats(mean, unbiased, factor)
+                bn.update_running_stats(mean, bn.running_variance(var, n_global, n_local), factor)
         xhat = (x.to(acc) - mean.view(view)) * invstd.view(view)
         y = xhat
         if weight is not None:
@@ -103,7 +101,12 @@ class SyncBatchNorm(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.process_group = process_group
 
-    # -- the three steps a synchronised BatchNorm gets right or wrong (overridable) -------------------------
+    # -- the steps a synchronised BatchNorm gets right or wrong (overridable) -------------------------------
+    def local_statistics(self, xc):
+        """This rank's (mean, M2) per channel from its values ``xc`` (C, n), n > 0: two passes, no E[x^2]."""
+        mean = xc.mean(1)
+        return mean, ((xc - mean[:, None]) ** 2).sum(1)
+
     def gather_statistics(self, count, mean, m2):
         """All ranks' (count, mean, M2) per channel: three (R, C) tensors."""
         local = torch.stack([count, mean, m2])
@@ -123,6 +126,11 @@ class SyncBatchNorm(_NormBase):
     def unbias_count(self, n_global: int, n_local: int) -> int:
         """The count in the running variance's n / (n - 1) correction: the global one."""
         return n_global
+
+    def running_variance(self, var, n_global: int, n_local: int):
+        """The variance running_var is updated with: the batch variance unbiased with ``unbias_count``."""
+        n = self.unbias_count(n_global, n_local)
+        return var * n / (n - 1) if n > 1 else var * float("inf")
 
     def reduce_grad_sums(self, sums, n_global: int, n_local: int):
         """All-reduce (sum dy, sum dy * xhat) over the group; returns the sums and the count they average over."""

@@ -17,4 +17,4 @@ class Dies(SyncBatchNorm):
 @bncheck.sync_implementation("bad-sync-dies")
 def build(spec, group):
     return Dies(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                process_group=group, dtype=spec.dtype)
+                track_running_stats=spec.track_running_stats, process_group=group, dtype=spec.dtype)

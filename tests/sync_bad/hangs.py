@@ -18,4 +18,4 @@ class Hangs(SyncBatchNorm):
 @bncheck.sync_implementation("bad-sync-hangs")
 def build(spec, group):
     return Hangs(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                 process_group=group, dtype=spec.dtype)
+                 track_running_stats=spec.track_running_stats, process_group=group, dtype=spec.dtype)

@@ -13,4 +13,4 @@ class NoRank3(SyncBatchNorm):
 @bncheck.sync_implementation("bad-sync-raises-everywhere")
 def build(spec, group):
     return NoRank3(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                   process_group=group, dtype=spec.dtype)
+                   track_running_stats=spec.track_running_stats, process_group=group, dtype=spec.dtype)

@@ -15,4 +15,4 @@ class RaisesOnRank1(SyncBatchNorm):
 @bncheck.sync_implementation("bad-sync-raises-on-one-rank")
 def build(spec, group):
     return RaisesOnRank1(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                         process_group=group, dtype=spec.dtype)
+                         track_running_stats=spec.track_running_stats, process_group=group, dtype=spec.dtype)

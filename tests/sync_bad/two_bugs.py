@@ -15,4 +15,4 @@ class TwoBugs(MeanOfVariances, LocalCount):
 @bncheck.sync_implementation("bad-sync-two-bugs", expect={"sync-mean-of-variances", "sync-local-count"})
 def build(spec, group):
     return TwoBugs(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                   process_group=group, dtype=spec.dtype)
+                   track_running_stats=spec.track_running_stats, process_group=group, dtype=spec.dtype)

@@ -2,8 +2,9 @@
 
 ``ScratchFold`` folds an eval-mode BatchNorm into any Conv/ConvTranspose (1-3 d, groups, with or without bias,
 affine or not) with plain torch ops in the conv's dtype, like ``torch.nn.utils.fusion`` does; it is written as
-small hook methods so that each mutant overrides exactly one. ``finding`` names the catalog id a perfect
-diagnosis reports; the first docstring line states the defect. ``WeightsFold`` is the same fold in weights form.
+small hook methods so that each mutant overrides one (or, for a fold with two defects, two). ``expect`` names the
+catalog ids a perfect diagnosis reports, exactly; the first docstring line states the defect. ``WeightsFold`` is
+the same fold in weights form.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def scale_weight(w, s, transposed, groups):
 
 class ScratchFold:
     """Correct module-form fold: W' = W*s along the output-channel axis, b' = (b - mean)*s + beta."""
-    finding = None
+    expect = frozenset()
 
     def __call__(self, conv, bn):
         with torch.no_grad():
@@ -66,7 +67,7 @@ class ScratchFold:
 
 class TransposedAxis0(ScratchFold):
     """Scales axis 0 of every weight: right for ConvNd, but axis 0 of a ConvTranspose weight is C_in."""
-    finding = "fold-transposed-axis"
+    expect = frozenset({"fold-transposed-axis"})
 
     def _scale_weight(self, w, s, transposed, groups):
         return w * s.reshape([-1, 1] + [1] * (w.dim() - 2))
@@ -74,7 +75,7 @@ class TransposedAxis0(ScratchFold):
 
 class TransposedFlatRows(ScratchFold):
     """Flattens a transposed weight into C_out rows, ``w.view(C_out, -1)``, and scales the rows."""
-    finding = "fold-transposed-axis"
+    expect = frozenset({"fold-transposed-axis"})
 
     def _scale_weight(self, w, s, transposed, groups):
         if not transposed:
@@ -84,7 +85,7 @@ class TransposedFlatRows(ScratchFold):
 
 class EpsIgnored(ScratchFold):
     """Folds with sqrt(running_var): the BatchNorm's eps is left out."""
-    finding = "fold-eps-ignored"
+    expect = frozenset({"fold-eps-ignored"})
 
     def _eps(self, bn):
         return 0.0
@@ -92,7 +93,7 @@ class EpsIgnored(ScratchFold):
 
 class EpsHardcoded(ScratchFold):
     """Folds with eps=1e-5 whatever the BatchNorm's eps is."""
-    finding = "fold-eps-ignored"
+    expect = frozenset({"fold-eps-ignored"})
 
     def _eps(self, bn):
         return 1e-5
@@ -100,7 +101,7 @@ class EpsHardcoded(ScratchFold):
 
 class BiasNoneCrash(ScratchFold):
     """Uses conv.bias as is, so a conv without bias raises TypeError (None - running_mean)."""
-    finding = "fold-bias-none-crash"
+    expect = frozenset({"fold-bias-none-crash"})
 
     def _conv_bias(self, conv, bn):
         return conv.bias
@@ -108,7 +109,7 @@ class BiasNoneCrash(ScratchFold):
 
 class GroupsDropped(ScratchFold):
     """Rebuilds the conv from its arguments but forgets ``groups``: a grouped conv comes back as a dense one."""
-    finding = "fold-groups"
+    expect = frozenset({"fold-groups"})
 
     def _module(self, conv):
         kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=True,
@@ -120,7 +121,7 @@ class GroupsDropped(ScratchFold):
 
 class TransposedFirstGroupScale(ScratchFold):
     """Grouped ConvTranspose: scales the (C_in, C_out/groups) weight with the first group's C_out/groups factors."""
-    finding = "fold-groups"
+    expect = frozenset({"fold-groups"})
 
     def _scale_weight(self, w, s, transposed, groups):
         if not transposed:
@@ -130,7 +131,7 @@ class TransposedFirstGroupScale(ScratchFold):
 
 class MeanNotSubtracted(ScratchFold):
     """b' = b*s + beta: the running mean is never subtracted."""
-    finding = "fold-mismatch"
+    expect = frozenset({"fold-mismatch"})
 
     def _bias(self, b, bn, s):
         beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
@@ -139,7 +140,7 @@ class MeanNotSubtracted(ScratchFold):
 
 class BiasSignFlipped(ScratchFold):
     """b' = (mean - b)*s + beta: the bias term's sign is flipped."""
-    finding = "fold-mismatch"
+    expect = frozenset({"fold-mismatch"})
 
     def _bias(self, b, bn, s):
         beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
@@ -148,7 +149,7 @@ class BiasSignFlipped(ScratchFold):
 
 class ReturnsSequential(ScratchFold):
     """Returns ``nn.Sequential(folded conv)``: the right numbers, but not a conv module any more."""
-    finding = "fold-wrong-module"
+    expect = frozenset({"fold-wrong-module"})
 
     def __call__(self, conv, bn):
         return nn.Sequential(super().__call__(conv, bn))
@@ -156,7 +157,7 @@ class ReturnsSequential(ScratchFold):
 
 class ScalesConvInPlace(ScratchFold):
     """Scales ``conv.weight.data`` in place before copying it: the caller's conv is changed."""
-    finding = "input-mutated"
+    expect = frozenset({"input-mutated"})
 
     def __call__(self, conv, bn):
         with torch.no_grad():
@@ -170,7 +171,7 @@ class ScalesConvInPlace(ScratchFold):
 
 class KeepsFloat64(ScratchFold):
     """Computes the fold in float64 and never casts back: a float32/float16 conv gets float64 parameters."""
-    finding = "dtype-promotion"
+    expect = frozenset({"dtype-promotion"})
 
     def __call__(self, conv, bn):
         fused = self._module(conv)
@@ -183,7 +184,7 @@ class KeepsFloat64(ScratchFold):
 
 class WeightsFold:
     """Correct weights-form fold: ``fold(W, b, running_mean, running_var, weight, bias, eps, transposed)``."""
-    finding = None
+    expect = frozenset()
 
     def __call__(self, W, b, running_mean, running_var, weight, bias, eps, transposed):
         with torch.no_grad():
@@ -202,7 +203,7 @@ class WeightsFold:
 
 class WeightsEpsOutside(WeightsFold):
     """Weights form with s = weight/(sqrt(var) + eps): eps outside the square root."""
-    finding = "fold-mismatch"
+    expect = frozenset({"fold-mismatch"})
 
     def _scale(self, gamma, var, eps):
         return gamma / (torch.sqrt(var) + eps)
@@ -214,7 +215,7 @@ class TransposedReshapeBack(ScratchFold):
     ``reshape`` keeps the (C_out, C_in) element order, so the result is right only when C_in or C_out is 1: wrong
     whenever both are at least 2. Grouped transposed convs are declined (``Unsupported``), as torch's fold does.
     """
-    finding = "fold-transposed-axis"
+    expect = frozenset({"fold-transposed-axis"})
 
     def _scale_weight(self, w, s, transposed, groups):
         if not transposed:
@@ -225,6 +226,12 @@ class TransposedReshapeBack(ScratchFold):
         return (rows * s.reshape([-1, 1] + [1] * (w.dim() - 2))).reshape(w.shape)
 
 
+class BiasNoneCrashEpsIgnored(BiasNoneCrash, EpsIgnored):
+    """Uses conv.bias as is (a conv without bias raises TypeError) and folds with sqrt(running_var) (eps left out):
+    a fold bug behind a crash, since the shrunk failing case is the crash; both must be named."""
+    expect = frozenset({"fold-bias-none-crash", "fold-eps-ignored"})
+
+
 CORRECT = {"scratch": ScratchFold, "weights": WeightsFold}
 MUTANTS = {
     "transposed-axis0": TransposedAxis0, "transposed-flat-rows": TransposedFlatRows, "eps-ignored": EpsIgnored,
@@ -232,5 +239,5 @@ MUTANTS = {
     "transposed-first-group-scale": TransposedFirstGroupScale, "mean-not-subtracted": MeanNotSubtracted,
     "bias-sign-flipped": BiasSignFlipped, "returns-sequential": ReturnsSequential,
     "scales-conv-in-place": ScalesConvInPlace, "keeps-float64": KeepsFloat64, "weights-eps-outside": WeightsEpsOutside,
-    "transposed-reshape-back": TransposedReshapeBack,
+    "transposed-reshape-back": TransposedReshapeBack, "bias-none-crash-eps-ignored": BiasNoneCrashEpsIgnored,
 }

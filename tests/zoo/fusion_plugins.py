@@ -1,7 +1,7 @@
 """Registers the fusion zoo with bncheck: ``bncheck ... --plugin tests/zoo/fusion_plugins.py``.
 
 Correct folds are named ``zoo-fold-correct-<name>`` and must pass; mutants are named ``zoo-fold-<name>`` and
-declare the one finding (catalog id) they must be reported with.
+declare the findings (catalog ids) they must be reported with, exactly.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ except ImportError:                     # loaded by file path, as bncheck's plug
     from zoo.fusion_mutants import CORRECT, MUTANTS
 
 ZOO_FOLD_CORRECT: list[str] = []
-ZOO_FOLD_MUTANTS: dict[str, str] = {}
+ZOO_FOLD_MUTANTS: dict[str, frozenset] = {}
 
 for _name, _cls in CORRECT.items():
     bncheck.fusion(f"zoo-fold-correct-{_name}")(_cls())
     ZOO_FOLD_CORRECT.append(f"zoo-fold-correct-{_name}")
 
 for _name, _cls in MUTANTS.items():
-    bncheck.fusion(f"zoo-fold-{_name}", expect={_cls.finding})(_cls())
-    ZOO_FOLD_MUTANTS[f"zoo-fold-{_name}"] = _cls.finding
+    bncheck.fusion(f"zoo-fold-{_name}", expect=set(_cls.expect))(_cls())
+    ZOO_FOLD_MUTANTS[f"zoo-fold-{_name}"] = _cls.expect

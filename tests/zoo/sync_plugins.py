@@ -1,6 +1,6 @@
 """Registers the synchronised-BatchNorm mutants: ``bncheck run --plugin tests/zoo/sync_plugins.py``.
 
-Each is named ``zoo-sync-<name>`` and declares the one finding (catalog id) it must be reported with.
+Each is named ``zoo-sync-<name>`` and declares the findings (catalog ids) it must be reported with, exactly.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def _builder(cls):
     return build
 
 
-ZOO_SYNC_MUTANTS: dict[str, str] = {}
+ZOO_SYNC_MUTANTS: dict[str, frozenset] = {}
 
 for _name, _cls in SYNC_MUTANTS.items():
-    bncheck.sync_implementation(f"zoo-sync-{_name}", expect={_cls.finding})(_builder(_cls))
-    ZOO_SYNC_MUTANTS[f"zoo-sync-{_name}"] = _cls.finding
+    bncheck.sync_implementation(f"zoo-sync-{_name}", expect=set(_cls.expect))(_builder(_cls))
+    ZOO_SYNC_MUTANTS[f"zoo-sync-{_name}"] = _cls.expect
