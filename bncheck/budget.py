@@ -23,6 +23,10 @@ The model (per element, per channel c, reduction size n, unit roundoff u of a dt
     dweight     K * g(n) * [u_in * cond_c * sum|dy| (1 + |xhat|) + u_p * |dweight|]
     dbias       K * g(n) * [u_in * sum|dy| + u_p * |dbias|]
 
+    epilogue    relu(y + z): the output's budget + K * u_out * |z| (ReLU is 1-Lipschitz; the add rounds once); the
+                gradients with the masked upstream gradient in place of dy; dz: K * u * |dz| (a masked copy of dy).
+                Where the exact pre-activation lies within the output's budget of 0 it may round to either side:
+                there the gradients follow the implementation's own mask (its output > 0), never a finding.
     fused conv  K * g(n) * u * [(|W'| conv |x|)_e + |s_c b_c| + |s_c mean_c| + |beta_c|] + K * u * |y_e|
                 (a folded conv-BN, ``bncheck.folding.check``: u of the conv's dtype, n = C_in/groups * prod(kernel) + 1;
                 covers rounding W' and b' to the dtype and the conv's own accumulation, even where b' cancels)
@@ -203,3 +207,16 @@ def fused_output(magnitude, y_ref, n, u_):
     make up b' (|s*b| + |s*mean| + |beta|); ``n``: the conv's reduction size.
     """
     return K * growth(n) * u_ * magnitude + K * u_ * y_ref.abs() + TINY
+
+
+def epilogue_output(bn_budget: torch.Tensor, z: torch.Tensor | None, u_out: float) -> torch.Tensor:
+    """An epilogue's output relu(y + z): ReLU is 1-Lipschitz, so the BatchNorm output's budget carries over; the add
+    rounds once more, u_out * |y + z| <= u_out * (|y| + |z|), of which the z part is new."""
+    if z is None:
+        return bn_budget
+    return bn_budget + K * u_out * z.to("cpu", torch.float64).abs()
+
+
+def residual_grad(dz_ref: torch.Tensor, u: float) -> torch.Tensor:
+    """dz: the upstream gradient where the mask passes it, 0 elsewhere, stored in the input dtype (one rounding)."""
+    return K * u * dz_ref.abs() + K * underflow(u) + TINY

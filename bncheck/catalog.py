@@ -98,7 +98,8 @@ _ENTRIES = [
     Entry("stats-not-buffers", "running stats missing from state_dict() or not moved by .to()"),
     Entry("state-shape-drift", "a running-stat buffer's shape differs from (C,) or changes after a step"),
     Entry("dtype-promotion", "the output dtype differs from the input dtype"),
-    Entry("input-mutated", "the input tensor is modified in place (for a fold: the conv or BatchNorm it was given)"),
+    Entry("input-mutated", "the input tensor (or an epilogue's residual z) is modified in place (for a fold: the conv "
+          "or BatchNorm it was given)"),
     Entry("non-contiguous-crash", "fails on channels_last or other non-contiguous input that torch accepts"),
     Entry("rank-unsupported", "fails (raises, or returns another shape) on an input rank torch accepts"),
     Entry("rank-wrong-results", "wrong values on an input rank torch accepts, where other ranks are right"),
@@ -109,6 +110,20 @@ _ENTRIES = [
     Entry("missing-error", "accepts input torch rejects (e.g. one value per channel in training)"),
     Entry("error-type", "rejects input torch rejects, but raises another exception type (an `except` for torch's "
           "misses it)"),
+    # Fused epilogues (a plugin declaring epilogue="relu" | "add_relu": relu(bn(x)) or relu(bn(x) + z))
+    Entry("epilogue-mask-source", "the ReLU's gradient mask is taken from the pre-BN input or from bn(x) before "
+          "the residual add, not from the output", knobs=({"relu_mask": "input"}, {"relu_mask": "bn"})),
+    Entry("epilogue-mask-ignored", "the backward ignores the ReLU's mask (the gradient passes where the output is "
+          "0), or recomputes it wrongly at 0 (passes it where the pre-activation is exactly 0)",
+          knobs=({"relu_mask": "ignored"}, {"relu_mask": "at-zero"})),
+    Entry("relu-before-affine", "the ReLU is applied to the normalised input before weight and bias: "
+          "relu(xhat) * weight + bias", knobs=({"relu_at": "before-affine"},)),
+    Entry("residual-misplaced", "the residual z is added before the BatchNorm (relu(bn(x + z))) or after the ReLU "
+          "(relu(bn(x)) + z)", knobs=({"residual": "before-bn"}, {"residual": "after-relu"})),
+    Entry("residual-grad-wrong", "the residual's gradient dz is missing, or not masked by the ReLU",
+          knobs=({"dz": "missing"}, {"dz": "unmasked"})),
+    Entry("stats-from-residual", "running statistics are computed from x + z, not from x",
+          knobs=({"stats_from": "x+z"},)),
     Entry("output-mismatch", "differs from the oracle, cause not identified (closest knob setting shown)"),
     Entry("crash", "raises where torch works"),
     Entry("timeout", "does not return within the time limit where torch works"),

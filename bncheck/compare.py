@@ -18,7 +18,7 @@ from .execute import Observation, Trace
 from .scenario import Data, Scenario
 
 STAT_FIELDS = ("running_mean", "running_var")
-VALUE_FIELDS = ("output", "running_mean", "running_var", "num_batches_tracked", "dx", "dweight", "dbias")
+VALUE_FIELDS = ("output", "running_mean", "running_var", "num_batches_tracked", "dx", "dweight", "dbias", "dz")
 
 
 @dataclass
@@ -243,16 +243,19 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                 # discrepancy of num_batches_tracked, not a reason to blend the statistics with another factor
                 st = O.State(rm, rv, own.num_batches_tracked, own.trained)
         x, dy = data.xs[k], data.dys[k]
-        res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs)
+        z = data.zs[k] if sc.epilogue == "add_relu" else None
+        ep = dict(epilogue=sc.epilogue, z=z)
+        res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs, **ep)
         alt = None
         if budget_knobs is not None and budget_knobs != knobs:
-            alt = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=budget_knobs)
+            alt = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=budget_knobs, **ep)
             if alt.error is not None or alt.y is None or alt.y.shape != (res.y.shape if res.y is not None else None):
                 alt = None
         own = res.state if res.error is None else _rejected(st, obs)
         if structural and obs.input_mutated:
-            cmp.add(Discrepancy(k, "input", math.inf, "the input tensor was modified in place",
-                                finding="input-mutated"))
+            what = {"z": "the residual input z was", "x and z": "the input and the residual z were"}.get(
+                getattr(obs, "mutated", ""), "the input tensor was")
+            cmp.add(Discrepancy(k, "input", math.inf, f"{what} modified in place", finding="input-mutated"))
         if structural and obs.stats_hold_graph:
             cmp.add(Discrepancy(k, "running stats", math.inf, "running buffers have requires_grad/grad_fn after "
                                 "the step (they carry autograd history)", finding="running-stats-hold-graph"))
@@ -298,26 +301,45 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
                                                   alt.n if alt.used_batch_stats else 1, u_in, u_in,
                                                   eps_outside=budget_knobs.eps_placement == "outside",
                                                   var_err=res.var_err))
+            if sc.epilogue != "none":
+                bud = B.epilogue_output(bud, z, u_in)
+                if stp.grad and res.pre is not None and res.mask is not None and res.pre.shape == y.shape and \
+                        knobs.relu_mask in ("output", "at-zero"):
+                    # a pre-activation within budget of 0 (but not exactly 0: that one every implementation computes
+                    # exactly, e.g. a constant channel) may round to either side: there a mask taken from the sign of
+                    # the output follows the implementation's own (its output > 0), and is judged on it
+                    near = (res.pre.abs() <= bud) & (res.pre != 0)
+                    if knobs.relu_mask == "at-zero":       # (an output of 0 says nothing of a pre-activation >= 0)
+                        near &= y > 0
+                    if bool(near.any()):
+                        mask = torch.where(near, y > 0, res.mask)
+                        res = O.step(x, dy, w, b, st, cfg, training=stp.train, grad_enabled=stp.grad, knobs=knobs,
+                                     relu_mask=mask, **ep)
             _values(cmp, k, "output", y, res.y, bud, sc.torch_dtype)
         if sc.track_running_stats:   # every step: eval must leave the stats alone
             _stats(cmp, k, obs, st, res, u_in, u_p, sc.torch_param_dtype)
         # gradients follow from the upstream gradient only when the output had the input's shape
         if stp.grad and res.dx is not None and y is not None and y.shape == x.shape:
+            # the BatchNorm's upstream gradient is the epilogue's masked one
+            dy_bn = dy.to("cpu", torch.float64) * (res.mask if res.mask is not None else 1.0)
+            if sc.epilogue == "add_relu":
+                _values(cmp, k, "dz", obs.dz, res.dz, None if res.dz is None else B.residual_grad(res.dz, u_in),
+                        sc.torch_dtype)
             dx, _ = readable(obs.dx)
             if dx is not None and dx.shape == res.dx.shape:
-                bud = B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, res.center, res.var, eps_used, w,
+                bud = B.input_grad(x64, dy_bn, res.dx, res.center, res.var, eps_used, w,
                                    res.n, u_in, u_in, res.used_batch_stats, var_err=res.var_err)
                 if alt is not None and alt.dx is not None and alt.center is not None and \
                         alt.center.shape == res.center.shape:
                     eps_alt = sc.eps if budget_knobs.eps_override is None else budget_knobs.eps_override
-                    bud = torch.minimum(bud, B.input_grad(x64, dy.to("cpu", torch.float64), res.dx, alt.center,
+                    bud = torch.minimum(bud, B.input_grad(x64, dy_bn, res.dx, alt.center,
                                                           alt.var, eps_alt, w, alt.n, u_in, u_in,
                                                           alt.used_batch_stats, var_err=res.var_err))
                 _values(cmp, k, "dx", dx, res.dx, bud, sc.torch_dtype)
             else:
                 _values(cmp, k, "dx", obs.dx, res.dx, None)
             if sc.affine:
-                dy64 = dy.to("cpu", torch.float64)
+                dy64 = dy_bn
                 if obs.affine_grad_missing and res.dweight is not None and structural:
                     cmp.add(Discrepancy(k, "weight/bias grad", math.inf, "weight/bias .grad is None after "
                                         "backward (gradient cut, e.g. by .data or .detach())",

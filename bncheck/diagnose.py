@@ -27,8 +27,17 @@ MOMENTUM_KNOBS = ("momentum_override", "momentum_direction", "momentum_debias", 
 MARGINAL = 100.0   # error/budget below which a divergence is first tested as a numeric (not semantic) defect
 
 
-def _alternatives():
-    return [(e.id, flip) for e in knob_hypotheses() for flip in e.knobs]
+# Knobs that only act with an epilogue, and those that only act with a residual input (add_relu)
+EPILOGUE_KNOBS = {"relu_mask", "relu_at", "residual", "dz", "stats_from"}
+RESIDUAL_KNOBS = {"residual", "dz", "stats_from"}
+
+
+def _alternatives(sc: Scenario | None = None):
+    """Every catalog knob setting that can act on ``sc`` (the epilogue's only with an epilogue)."""
+    epilogue = "none" if sc is None else sc.epilogue
+    skip = EPILOGUE_KNOBS if epilogue == "none" else (RESIDUAL_KNOBS if epilogue == "relu" else set())
+    return [(e.id, flip) for e in knob_hypotheses() for flip in e.knobs if not set(flip) & skip
+            and not (epilogue == "relu" and flip == {"relu_mask": "bn"})]     # without an add, bn(x) is the output
 
 
 def _implied_eps(sc: Scenario, data, trace) -> list:
@@ -78,6 +87,14 @@ def confirm(impl: Implementation, sc: Scenario, owned, knobs: Knobs, base: Knobs
         # at another momentum
         other = None if sc.momentum is None else (0.3 if abs(sc.momentum - 0.3) > 1e-9 else 0.6)
         variants.append(dict(shape=variants[0]["shape"], momentum=other, steps=(Step(True, True),) * 3))
+    if knobs.relu_mask != base_knobs.relu_mask and sc.distribution != "normal":
+        # a constant channel's pre-activations are all exactly 0: there a mask ignored and one recomputed at 0 are
+        # the same; on ordinary data they are not
+        variants.append(dict(shape=variants[0]["shape"], distribution="normal", offset=0.0))
+    if not sc.affine and (knobs.relu_at != base_knobs.relu_at or knobs.residual != base_knobs.residual):
+        # without weight and bias, relu(xhat) + z is both "ReLU before the affine" and "residual after the ReLU":
+        # either must also hold with them
+        variants.append(dict(shape=variants[0]["shape"], affine=True))
     if knobs.mode_source != base_knobs.mode_source:
         # grad on/off swapped: tells "follows is_grad_enabled()" from "ignores .train()/.eval()"
         variants.append(dict(shape=variants[0]["shape"], steps=tuple(Step(s.train, not s.grad) for s in sc.steps)))
@@ -102,7 +119,7 @@ def explain(impl, sc: Scenario, data, trace, owned: frozenset, base: Knobs, exha
     and on fresh variants of it.
 
     Returns (ids, flips, residual) or (None, closest_flips, residual_of_closest)."""
-    alts = _alternatives() + _implied_eps(sc, data, trace)
+    alts = _alternatives(sc) + _implied_eps(sc, data, trace)
     rejected = []
 
     def ok(flips) -> bool:

@@ -42,12 +42,14 @@ class Observation:
     y: torch.Tensor | None = None         # detached output, as returned (None when forward returned no tensor)
     output_kind: str = ""                 # what forward returned when it was not a tensor, e.g. "a tuple of 2"
     dx: torch.Tensor | None = None
+    dz: torch.Tensor | None = None        # the residual input's gradient (epilogue add_relu)
     dweight: torch.Tensor | None = None   # flattened to (C,) float64
     dbias: torch.Tensor | None = None
     affine_grad_missing: bool = False     # weight/bias exist but got no .grad
     before: StateRead | None = None
     after: StateRead | None = None
     input_mutated: bool = False
+    mutated: str = ""                     # which input was modified in place: "x", "z" or "x and z"
     stats_hold_graph: bool = False
 
 
@@ -194,22 +196,26 @@ def _run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
         for p in params:
             p.grad = None
         x = _fresh(data.xs[k])
-        snapshot = x.detach().clone()
+        inputs = [x]
+        if sc.epilogue == "add_relu":
+            inputs.append(_fresh(data.zs[k]))
+        snapshots = [t.detach().clone() for t in inputs]
         if stp.grad and x.is_floating_point():
-            x.requires_grad_(True)
+            for t in inputs:
+                t.requires_grad_(True)
         module.train(stp.train)
         try:
             with torch.set_grad_enabled(stp.grad):
-                y = module(x)
+                y = module(*inputs)
         except Unsupported as e:
             obs.unsupported = str(e) or "declined"
             break
         except Exception as e:
             obs.error, obs.error_message, obs.error_where = type(e).__name__, _describe(e), "forward"
             obs.after = read_state(module, impl, c)
-            obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
+            _mutated(obs, inputs, snapshots)
             continue
-        obs.input_mutated = not torch.equal(x.detach(), snapshot) and not _same_nan(x.detach(), snapshot)
+        _mutated(obs, inputs, snapshots)
         if not isinstance(y, torch.Tensor):   # compare reports it; the state is still read
             obs.output_kind = _kind_of(y)
             obs.after = read_state(module, impl, c)
@@ -225,6 +231,8 @@ def _run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
                 obs.error, obs.error_message, obs.error_where = type(e).__name__, _describe(e), "backward"
             if x.grad is not None:
                 obs.dx = x.grad.detach().clone()
+            if len(inputs) > 1 and inputs[1].grad is not None:
+                obs.dz = inputs[1].grad.detach().clone()
             if sc.affine:
                 obs.dweight, miss_w = _grad_of(module, impl.attr("weight"), c)
                 obs.dbias, miss_b = _grad_of(module, impl.attr("bias"), c)
@@ -235,6 +243,14 @@ def _run(impl: Implementation, sc: Scenario, data: Data) -> Trace:
             if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None):
                 obs.stats_hold_graph = True
     return trace
+
+
+def _mutated(obs: Observation, inputs: list, snapshots: list) -> None:
+    """Whether forward modified its inputs in place (x, and z for an add_relu epilogue)."""
+    changed = [name for name, t, s in zip(("x", "z"), inputs, snapshots)
+               if not torch.equal(t.detach(), s) and not _same_nan(t.detach(), s)]
+    obs.input_mutated = bool(changed)
+    obs.mutated = " and ".join(changed)
 
 
 def _kind_of(v) -> str:

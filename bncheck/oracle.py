@@ -45,6 +45,15 @@ class Knobs:
     detach_stats: str = "none"              # none | mean | var | both: input gradient ignores these
     detach_affine: bool = False             # weight/bias receive no gradient
     stats_broadcast: str = "channel"        # channel | last-axis: (C,) running stats broadcast against the last axis
+    # Epilogues (``Scenario.epilogue``: relu(bn(x)) or relu(bn(x) + z)); no effect without one
+    relu_mask: str = "output"               # the ReLU's gradient mask: output (torch: where the output is > 0) |
+                                            # input (x > 0) | bn (bn(x) > 0, before the add) | ignored (none) |
+                                            # at-zero (recomputed as pre-activation >= 0: passes where it is 0)
+    relu_at: str = "end"                    # end | before-affine: relu(xhat) * weight + bias (+ z)
+    residual: str = "after-bn"              # after-bn (torch) | before-bn: relu(bn(x + z)) | after-relu:
+                                            # relu(bn(x)) + z
+    dz: str = "masked"                      # the residual's gradient: masked (torch) | unmasked (dy) | missing
+    stats_from: str = "x"                   # x | x+z: running statistics from the batch statistics of x + z
     naive_variance: str | None = None       # None: a stable batch variance | "input": E[x^2] - E[x]^2, the two means
                                             # and the difference rounded to the input dtype (``naive_variance``)
     # Not a semantic knob: the dtype an implementation keeps its running statistics in, once diagnosis has found
@@ -108,6 +117,10 @@ class StepResult:
     # of the batch variance and of the variance the output is normalised with (None: a stable variance)
     batch_var_err: torch.Tensor | None = None
     var_err: torch.Tensor | None = None
+    # epilogues: the pre-activation (bn(x) + z, float64), the ReLU's gradient mask in use, the residual's gradient
+    pre: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    dz: torch.Tensor | None = None
 
 
 def _dims(rank: int, reduction: str) -> list[int]:
@@ -149,12 +162,18 @@ def training_mode(training: bool, grad_enabled: bool, knobs: Knobs) -> bool:
 
 
 def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, training: bool, grad_enabled: bool,
-            knobs: Knobs = TORCH, in_dtype: torch.dtype = torch.float64) -> StepResult:
+            knobs: Knobs = TORCH, in_dtype: torch.dtype = torch.float64, epilogue: str = "none", z=None,
+            relu_mask: torch.Tensor | None = None) -> StepResult:
     """Differentiable float64 forward of one step. ``x``, ``weight``, ``bias`` are float64 (may require grad);
-    ``in_dtype``: the dtype the input came in (what ``naive_variance="input"`` rounds to).
+    ``in_dtype``: the dtype the input came in (what ``naive_variance="input"`` rounds to). ``epilogue``: relu or
+    add_relu (``z``, float64, the residual); ``relu_mask``: the ReLU's gradient mask to use instead of the knob's
+    (comparisons pass the implementation's where the pre-activation is within budget of 0).
 
     Returns the output in ``StepResult.y`` (connected to the autograd graph) and the updated state.
     """
+    x_in = x
+    if epilogue == "add_relu" and knobs.residual == "before-bn":
+        x = x + z                         # the residual added to the input: statistics and all
     rank, c = x.dim(), x.shape[1]
     n_torch = x.numel() // c if c else 0
     mode = training_mode(training, grad_enabled, knobs)
@@ -179,6 +198,12 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
             res.batch_var_err = _per_channel(allowance)
     res.n = n_torch
     res.batch_mean, res.batch_var = _per_channel(mean_b.detach()), _per_channel(var_b.detach())
+    if epilogue == "add_relu" and knobs.stats_from == "x+z" and knobs.residual != "before-bn" and dims:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            xz = (x + z).detach()
+            m2 = xz.mean(dims, keepdim=True)
+            res.batch_mean, res.batch_var = _per_channel(m2), _per_channel(((xz - m2) ** 2).mean(dims, keepdim=True))
 
     # running statistics
     before = state.clone()
@@ -252,6 +277,8 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
     else:
         res.center, res.var = _per_channel(center.detach()), _per_channel(var.detach())
 
+    if epilogue != "none" and knobs.relu_at == "before-affine":
+        y = _Relu.apply(y, y.detach() > 0)
     if weight is not None:
         w, b = weight.view(shape), bias.view(shape)
         if knobs.detach_affine:
@@ -260,27 +287,73 @@ def forward(x: torch.Tensor, weight, bias, state: State, cfg: Config, *, trainin
              "weight-only": lambda: y * w, "bias-only": lambda: y + b,
              "one-plus-weight": lambda: y * (1 + w) + b,
              "positive-weight": lambda: y * (torch.relu(w) + 1e-6) + b}[knobs.affine_mode]()
+    if epilogue != "none":
+        y = _epilogue(y, x_in, z, epilogue, knobs, relu_mask, res)
     res.y = y
     return res
 
 
+class _Relu(torch.autograd.Function):
+    """max(pre, 0) whose backward multiplies by a given mask (torch's: where the output is > 0)."""
+
+    @staticmethod
+    def forward(ctx, pre, mask):
+        ctx.save_for_backward(mask)
+        return pre.clamp_min(0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def _epilogue(y, x, z, epilogue: str, knobs: Knobs, relu_mask, res: StepResult):
+    """relu(y) or relu(y + z) with torch's gradient semantics (the mask from the output; ``dz`` the masked
+    upstream gradient), or the knob's variant; records the pre-activation and the mask in ``res``."""
+    add = epilogue == "add_relu" and knobs.residual == "after-bn"
+    if epilogue == "add_relu" and knobs.dz != "masked":
+        z = z.detach()                    # its gradient is set by the knob (step), not by autograd
+    pre = y + z if add else y
+    res.pre = pre.detach()
+    if knobs.relu_at == "before-affine":  # the ReLU came earlier: only the residual is added here
+        res.mask = torch.ones_like(res.pre, dtype=torch.bool)
+        return pre + (z if epilogue == "add_relu" and knobs.residual == "after-relu" else 0.0)
+    mask = {"output": lambda: res.pre > 0, "input": lambda: x.detach() > 0, "bn": lambda: y.detach() > 0,
+            "ignored": lambda: torch.ones_like(res.pre, dtype=torch.bool),
+            "at-zero": lambda: res.pre >= 0}[knobs.relu_mask]()
+    if relu_mask is not None:
+        mask = relu_mask
+    res.mask = mask
+    out = _Relu.apply(pre, mask.to(pre.dtype))
+    if epilogue == "add_relu" and knobs.residual == "after-relu":
+        out = out + z
+    return out
+
+
 def step(x: torch.Tensor, dy: torch.Tensor | None, weight, bias, state: State, cfg: Config, *, training: bool,
-         grad_enabled: bool, knobs: Knobs = TORCH) -> StepResult:
+         grad_enabled: bool, knobs: Knobs = TORCH, epilogue: str = "none", z: torch.Tensor | None = None,
+         relu_mask: torch.Tensor | None = None) -> StepResult:
     """One step with gradients: ``x``/``dy`` of any dtype (taken exactly, in float64), ``weight``/``bias`` float64
-    values or None. Gradients are computed when ``grad_enabled`` (dx, and dweight/dbias when affine)."""
+    values or None. Gradients are computed when ``grad_enabled`` (dx, and dweight/dbias when affine; dz with an
+    add_relu epilogue, whose residual is ``z``). ``relu_mask``: see ``forward``."""
     x64 = x.detach().to(torch.float64).contiguous().requires_grad_(grad_enabled)
+    z64 = None if z is None else z.detach().to("cpu", torch.float64).contiguous().requires_grad_(grad_enabled)
     w = None if weight is None else weight.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
     b = None if bias is None else bias.detach().to(torch.float64).clone().requires_grad_(grad_enabled)
     with torch.enable_grad() if grad_enabled else torch.no_grad():
         res = forward(x64, w, b, state, cfg, training=training, grad_enabled=grad_enabled, knobs=knobs,
-                      in_dtype=x.dtype)
+                      in_dtype=x.dtype, epilogue=epilogue, z=z64, relu_mask=relu_mask)
     if res.error is None:
         # (a knob that broadcasts statistics against the wrong axis can change the output's shape: no gradients)
         if grad_enabled and dy is not None and res.y.requires_grad and res.y.shape == dy.shape:
-            res.y.backward(dy.detach().to(torch.float64))
+            dy64 = dy.detach().to("cpu", torch.float64)
+            res.y.backward(dy64)
             res.dx = x64.grad
             res.dweight = None if w is None else w.grad
             res.dbias = None if b is None else b.grad
+            if z64 is not None:
+                res.dz = {"masked": lambda: z64.grad, "unmasked": lambda: dy64,
+                          "missing": lambda: None}[knobs.dz]()
         res.y = res.y.detach()
     return res
 

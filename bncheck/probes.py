@@ -140,7 +140,7 @@ def run_probe(impl: Implementation, fid: str, base: Knobs = TORCH, device: str =
     prop = BY_NAME[probe.property] if probe.property else None
     values = prop.values if prop else frozenset(VALUE_FIELDS)
     for sc in probe.scenarios:
-        sc = sc.with_(device=device)
+        sc = sc.with_(device=device, epilogue=impl.epilogue)
         data = materialize(sc)
         trace = execute.run(impl, sc, data)
         cmp = compare(sc, data, trace, base)

@@ -62,7 +62,7 @@ PROPERTIES = [
        explicit=(_edge(steps=(T0, E, E0, T)),)),
     _p("gradients", "input, weight and bias gradients with a random upstream gradient", S.scenarios(
         step_seqs=S.steps(1, 3, grad=True), momentum=st.just(0.1), shape_kw=NONDEGENERATE),
-       values={"dx", "dweight", "dbias"},
+       values={"dx", "dweight", "dbias", "dz"},
         structural={"no-grad-to-affine"}),
     _p("untracked", "track_running_stats=False: batch statistics in every mode", S.scenarios(
         step_seqs=S.steps(1, 3), track=st.just(False)), values={"output"}, structural={"missing-error"},
@@ -82,7 +82,7 @@ PROPERTIES = [
        "where torch is finite", S.scenarios(
            step_seqs=S.steps(1, 3), momentum=st.just(0.1), distributions=("normal", "constant-channel"),
            offsets=(0.0, 3.0), shape_kw=dict(max_n=4, max_spatial=3, min_reduction=0)),
-       values={"output", "running_mean", "running_var", "dx", "dweight", "dbias"},
+       values={"output", "running_mean", "running_var", "dx", "dweight", "dbias", "dz"},
        # an empty batch in training then in eval (the statistics it leaves are read back), and a constant channel
        explicit=(_edge((0, 2, 2, 3), steps=(T, E)), _edge((0, 2), steps=(T, T, E)),
                  _edge((4, 2, 2, 2), steps=(T, E), distribution="constant-channel", offset=3.0))),

@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "bncheck.implementations"
 DISABLE_ENTRY_POINTS_ENV = "BNCHECK_DISABLE_ENTRY_POINTS"
 STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 KINDS = ("batchnorm", "fusion", "sync")
+EPILOGUES = ("none", "relu", "add_relu")
 
 
 class RegistrationError(Exception):
@@ -44,6 +45,11 @@ class Implementation:
 
     def attr(self, key: str) -> str:
         return self.state.get(key, key)
+
+    @property
+    def epilogue(self) -> str:
+        """What a BatchNorm module computes after the normalisation (``registry.EPILOGUES``)."""
+        return self.options.get("epilogue", "none")
 
 
 @dataclass(frozen=True)
@@ -280,13 +286,19 @@ def _decorator(kind: str, name: str, state=None, expect=(), options=None):
     return wrap
 
 
-def implementation(name: str, *, state: dict | None = None, expect=()):
+def implementation(name: str, *, state: dict | None = None, expect=(), epilogue: str = "none"):
     """Declare a BatchNorm implementation: ``build(spec) -> nn.Module``.
 
     ``state`` maps torch's names (weight, bias, running_mean, running_var, num_batches_tracked) to the module's
     attribute paths where they differ; ``expect`` lists catalog ids of findings the implementation is known to have.
+    ``epilogue``: what the module computes after the BatchNorm, ``"none"``, ``"relu"`` (``relu(bn(x))``, called as
+    ``module(x)``) or ``"add_relu"`` (``relu(bn(x) + z)``, called as ``module(x, z)`` with ``z`` of the output's
+    shape, as cuDNN's BN_ADD_ACTIVATION and apex's ``bn_add_relu`` take it).
     """
-    return _decorator("batchnorm", name, state=state, expect=expect)
+    if epilogue not in EPILOGUES:
+        raise RegistrationError(f"implementation {name!r}: epilogue={epilogue!r} must be one of {EPILOGUES}")
+    return _decorator("batchnorm", name, state=state, expect=expect,
+                      options={"epilogue": epilogue} if epilogue != "none" else None)
 
 
 def fusion(name: str, *, expect=(), form: str | None = None):

@@ -20,6 +20,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.f
 LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "channel-slice", "batch-transposed")
 LAYOUT_RANKS = {"channels_last": (4, 5), "permuted": (4, 5)}     # the input ranks a layout exists for
 DISTRIBUTIONS = ("normal", "offset", "constant-channel", "tiny-variance", "outliers")
+EPILOGUES = ("none", "relu", "add_relu")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Scenario:
     offset: float = 0.0               # channel mean magnitude for the 'offset' / 'constant-channel' inputs
     seed: int = 0
     device: str = field(default="cpu", compare=False)
+    epilogue: str = "none"            # what follows the BatchNorm: none | relu | add_relu (relu(bn(x) + z))
 
     def __post_init__(self):
         if not 2 <= len(self.shape) <= 5:
@@ -60,6 +62,8 @@ class Scenario:
             raise ValueError(f"Scenario.distribution={self.distribution!r}: one of {DISTRIBUTIONS}")
         if not self.steps:
             raise ValueError("Scenario.steps must hold at least one step")
+        if self.epilogue not in EPILOGUES:
+            raise ValueError(f"Scenario.epilogue={self.epilogue!r}: one of {EPILOGUES}")
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -89,7 +93,7 @@ class Scenario:
         from .spec import Spec
         return Spec(num_features=self.channels, ndim=self.rank, eps=self.eps, momentum=self.momentum,
                     affine=self.affine, track_running_stats=self.track_running_stats, device=self.device,
-                    dtype=self.torch_param_dtype)
+                    dtype=self.torch_param_dtype, epilogue=self.epilogue)
 
     def with_(self, **changes) -> "Scenario":
         return replace(self, **changes)
@@ -103,6 +107,8 @@ class Scenario:
         dt = self.dtype if self.dtype == self.param_dtype else f"{self.dtype} input, {self.param_dtype} params"
         steps = " ".join(("train" if s.train else "eval") + ("" if s.grad else "/no_grad") for s in self.steps)
         extra = f" {self.distribution}" + (f"(offset={self.offset:g})" if self.offset else "")
+        if self.epilogue != "none":
+            extra += f" epilogue={self.epilogue}"
         return (f"shape={tuple(self.shape)} {dt} {self.layout} momentum={self.momentum} eps={self.eps:g} "
                 f"affine={self.affine} track_running_stats={self.track_running_stats} steps=[{steps}]{extra}")
 
@@ -188,6 +194,7 @@ class Data:
     bias: torch.Tensor
     running_mean: torch.Tensor
     running_var: torch.Tensor
+    zs: list = field(default_factory=list)   # per-step residual inputs z (epilogue add_relu), else empty
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -251,4 +258,12 @@ def materialize(sc: Scenario) -> Data:
     bias = randn(c).to(pdt).double()
     running_mean = (0.5 * randn(c)).to(pdt).double()
     running_var = (0.5 + 1.5 * rand(c)).to(pdt).double()
-    return Data(xs, dys, weight, bias, running_mean, running_var)
+    zs = []
+    if sc.epilogue == "add_relu":    # from a generator of its own: the other tensors are those of epilogue none
+        gz = torch.Generator().manual_seed(sc.seed + 104729)
+        for _ in sc.steps:
+            z = torch.randn(*shape, generator=gz, dtype=torch.float64)
+            if sc.distribution == "constant-channel" and z.numel():
+                z[:, 0] = 0.0        # with a constant channel: pre-activations of exactly 0 (affine=False)
+            zs.append(_layout(z.to(dt).to(sc.device), sc.layout))
+    return Data(xs, dys, weight, bias, running_mean, running_var, zs)

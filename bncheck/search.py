@@ -100,7 +100,7 @@ def search_property(impl: Implementation, prop: Property, *, profile: str = "def
             return sorted(set(keys)), blocked
 
         def check(sc: Scenario):
-            sc = sc.with_(device=device)
+            sc = sc.with_(device=device, epilogue=impl.epilogue)
             if deadline is not None and res.spent.ran >= MIN_CASES and \
                     time.monotonic() > deadline + (share_s if "case" in last else 0.0):
                 raise _OutOfTime          # (a failure found is shrunk for up to one more share)
@@ -235,7 +235,7 @@ def capabilities(impl: Implementation, device: str = "cpu") -> dict:
         kw = dict(kw)
         if "dtype" in kw:
             kw["dtype"] = getattr(torch, kw["dtype"])
-        return Spec(num_features=3, device=device, **kw)
+        return Spec(num_features=3, device=device, epilogue=impl.epilogue, **kw)
     return accepts({label: (lambda kw=kw: impl.build(spec(kw))) for label, kw in CAPABILITIES.items()})
 
 

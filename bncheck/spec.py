@@ -29,6 +29,7 @@ class Spec:
     track_running_stats: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    epilogue: str = "none"       # none | relu: relu(bn(x)) | add_relu: relu(bn(x) + z), forward(x, z)
 
     def __post_init__(self):
         if not isinstance(self.num_features, int) or self.num_features < 1:
@@ -39,6 +40,8 @@ class Spec:
             raise ValueError(f"Spec.momentum={self.momentum!r} must be in [0, 1] or None")
         if self.eps < 0:
             raise ValueError(f"Spec.eps={self.eps!r} must be >= 0")
+        if self.epilogue not in ("none", "relu", "add_relu"):
+            raise ValueError(f"Spec.epilogue={self.epilogue!r} must be one of 'none', 'relu', 'add_relu'")
 
     @property
     def torch_class(self) -> type[torch.nn.Module]:

@@ -19,6 +19,8 @@ Honesty of the compiled path:
   (``Tensor.item()``, torch/nn/modules/batchnorm.py ``_BatchNorm.forward``), which Dynamo cannot capture; with
   ``fullgraph=True`` it raises, and without it the graph breaks and BatchNorm runs eagerly, so no compiled code
   would be checked.
+- ``torch-compile-bn-relu``: the same set-up for ``relu(bn(x))``, the epilogue Inductor fuses into the normalisation
+  kernel (a declared ``epilogue="relu"``: checked against ``relu(bn(x))`` with torch's gradient semantics).
 - ``error-type`` (expected): where torch rejects an input (one value per channel in training, eps <= 0), the
   compiled module rejects it too, but the ``ValueError`` is raised while Dynamo traces with fake tensors and comes
   out wrapped as ``torch._dynamo.exc.TorchRuntimeError`` (a ``RuntimeError``): ``except ValueError`` misses it.
@@ -48,8 +50,9 @@ def _backend_missing(device_type: str) -> str | None:
     return None
 
 
-@bncheck.implementation("torch-compile-bn", expect={"error-type"})
-def build(spec: bncheck.Spec) -> torch.nn.Module:
+def compiled(forward, spec: bncheck.Spec):
+    """``forward`` under ``torch.compile`` as this plugin sets it up (see the module docstring); Unsupported where
+    it cannot be (momentum=None, no backend)."""
     if spec.momentum is None:
         raise bncheck.Unsupported("torch.compile cannot capture momentum=None (1/num_batches_tracked is read "
                                   "with Tensor.item(), a graph break): it would run eagerly")
@@ -62,6 +65,32 @@ def build(spec: bncheck.Spec) -> torch.nn.Module:
     cfg.fail_on_recompile_limit_hit = True
     cfg.force_parameter_static_shapes = False          # a new channel count does not recompile either
     cfg.force_nn_module_property_static_shapes = False
+    return torch.compile(forward, fullgraph=True, dynamic=True)
+
+
+@bncheck.implementation("torch-compile-bn", expect={"error-type"})
+def build(spec: bncheck.Spec) -> torch.nn.Module:
     module = spec.torch_class(**spec.torch_kwargs())
-    module.forward = torch.compile(module.forward, fullgraph=True, dynamic=True)
+    module.forward = compiled(module.forward, spec)
+    return module
+
+
+class _BatchNormRelu(torch.nn.Module):
+    """torch's BatchNorm for the input rank, then ReLU (the epilogue Inductor fuses into its kernel)."""
+
+    def __init__(self, spec: bncheck.Spec):
+        super().__init__()
+        self.bn = spec.torch_class(**spec.torch_kwargs())
+
+    def forward(self, x):
+        return torch.nn.functional.relu(self.bn(x))
+
+
+@bncheck.implementation("torch-compile-bn-relu", epilogue="relu", expect={"error-type"},
+                        state={k: f"bn.{k}" for k in ("weight", "bias", "running_mean", "running_var",
+                                                      "num_batches_tracked")})
+def build_bn_relu(spec: bncheck.Spec) -> torch.nn.Module:
+    """relu(bn(x)) under torch.compile: Inductor generates one fused kernel for the normalisation and the ReLU."""
+    module = _BatchNormRelu(spec)
+    module.forward = compiled(module.forward, spec)
     return module
