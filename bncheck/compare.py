@@ -304,11 +304,12 @@ def compare(sc: Scenario, data: Data, trace: Trace, knobs: O.Knobs = O.TORCH, *,
             if sc.epilogue != "none":
                 bud = B.epilogue_output(bud, z, u_in)
                 if stp.grad and res.pre is not None and res.mask is not None and res.pre.shape == y.shape and \
-                        knobs.relu_mask in ("output", "at-zero"):
-                    # a pre-activation within budget of 0 (but not exactly 0: that one every implementation computes
-                    # exactly, e.g. a constant channel) may round to either side: there a mask taken from the sign of
-                    # the output follows the implementation's own (its output > 0), and is judged on it
-                    near = (res.pre.abs() <= bud) & (res.pre != 0)
+                        knobs.relu_mask in ("output", "at-zero") and knobs.residual != "after-relu" and \
+                        knobs.relu_at == "end":          # (where the output is the ReLU's)
+                    # a pre-activation within budget of 0 (exactly 0 included: torch's own x * scale + shift leaves
+                    # a constant channel at +-1e-5, not 0) may round to either side: there a mask taken from the
+                    # sign of the output follows the implementation's own (its output > 0), and is judged on it
+                    near = res.pre.abs() <= bud
                     if knobs.relu_mask == "at-zero":       # (an output of 0 says nothing of a pre-activation >= 0)
                         near &= y > 0
                     if bool(near.any()):

@@ -118,6 +118,16 @@ PROBES: dict[str, Probe] = {
                             _sc(3, shape=(1, 3, 1), steps=(T,))),
     "error-type": _probe("errors", _sc(2, shape=(1, 3), steps=(T,)), _sc(4, shape=(1, 3, 1, 1), steps=(T,)),
                          _sc(3, shape=(1, 3, 1), steps=(T,))),
+    # epilogues (the plugin's own, relu or add_relu, is set on every probe scenario): gradients through the ReLU on
+    # ordinary data, and a constant channel without affine, whose pre-activations are exactly 0
+    "epilogue-mask-source": _probe("gradients", _ranks(steps=(T,))),
+    "epilogue-mask-ignored": _probe("gradients", _ranks(steps=(T,)),
+                                    _sc(4, shape=(4, 3, 2, 2), steps=(T,), affine=False,
+                                        distribution="constant-channel", offset=3.0)),
+    "relu-before-affine": _probe("forward", _ranks(steps=(T,))),
+    "residual-misplaced": _probe("forward", _ranks(steps=(T,))),
+    "residual-grad-wrong": _probe("gradients", _ranks(steps=(T,))),
+    "stats-from-residual": _probe("running-stats", _ranks(steps=(T,))),
 }
 NO_PROBE = {"timeout"}
 

@@ -16,6 +16,7 @@ from bncheck.catalog import CATALOG              # noqa: E402
 from bncheck.oracle import TORCH                 # noqa: E402
 from bncheck.registry import Registry            # noqa: E402
 from bncheck.scenario import Scenario, Step      # noqa: E402
+from zoo.epilogue_mutants import MUTANTS as EPILOGUE_MUTANTS   # noqa: E402
 from zoo.mutants import MUTANTS, findings_of     # noqa: E402
 from zoo.reference import ScratchBN              # noqa: E402
 
@@ -60,14 +61,19 @@ EXTRA = {"train-mode-ignored": AlwaysEval, "layout-not-preserved": ContiguousOut
 
 
 def _impl(name: str, cls) -> bncheck.registry.Implementation:
+    epilogue = getattr(cls, "epilogue", "none")
+
     def build(spec: bncheck.Spec):
+        kw = {"epilogue": epilogue} if epilogue != "none" else {}
         return cls(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                   track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype)
-    return Registry().declare("batchnorm", name, build)
+                   track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype, **kw)
+    return Registry().declare("batchnorm", name, build,
+                              options={"epilogue": epilogue} if epilogue != "none" else None)
 
 
 CASES = sorted([(fid, f"zoo-{name}" + ("" if isinstance(cls.finding, str) else f"-{fid}"), cls)
                 for name, cls in MUTANTS.items() for fid in findings_of(cls)] +
+               [(cls.finding, f"zoo-epilogue-{name}", cls) for name, cls in EPILOGUE_MUTANTS.items()] +
                [(fid, f"extra-{fid}", cls) for fid, cls in EXTRA.items()], key=lambda t: t[1])
 
 
