@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import platform
+from dataclasses import replace
 
 OPS = ("forward-train", "forward-eval", "backward")
 NATIVE = "torch-native"
@@ -422,15 +423,17 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
               rep_ms: float | None = None, precompile_jobs: int = 0, epilogue: str | None = None) -> dict:
     """Time the named BatchNorm implementations of ``registry`` (default: all of them); ``ValueError`` names a
     bad name. ``device`` defaults to cuda when available; ``dtypes`` (names) to float32 (and float16 on CUDA).
-    ``precompile_jobs``: see :func:`precompile` (its summary goes into the header). ``epilogue``: time bncheck's
-    Triton fused kernels (``triton-fused``) against torch eager ``relu(bn(x) [+ z])`` instead; plugins declare no
-    epilogue, so no names may be given with it."""
+    ``precompile_jobs``: see :func:`precompile` (its summary goes into the header). ``epilogue``: time the named
+    plugins declaring that epilogue (default: bncheck's Triton fused kernels, ``triton-fused``) against torch eager
+    ``relu(bn(x) [+ z])`` instead."""
     if epilogue is not None:
         if epilogue not in EPILOGUES:
             raise ValueError(f"--epilogue {epilogue}: one of {', '.join(EPILOGUES)}")
-        if names:
-            raise ValueError(f"--impl {names[0]}: with --epilogue only {FUSED} (bncheck's Triton fused kernels) is "
-                             f"timed against torch eager; BatchNorm plugins declare no epilogue")
+        other = [n for n in names or () if n in registry.implementations and
+                 registry.implementations[n].epilogue != epilogue]
+        if other:
+            raise ValueError(f"--impl {other[0]}: declares epilogue {registry.implementations[other[0]].epilogue!r}, "
+                             f"not {epilogue!r}")
         if precompile_jobs:
             raise ValueError("--precompile-jobs: not with --epilogue (it runs registry plugins)")
     if precompile_jobs < 0:
@@ -442,8 +445,14 @@ def run_named(registry, names=None, device: str | None = None, shapes: str = "de
     dtype_names = list(dtypes or (["float32", "float16"] if device == "cuda" else ["float32"]))
     if epilogue is not None:
         shapes_for(shapes, device)
-        return bench({FUSED: lambda spec: _build_fused(spec, epilogue)}, device, shapes,
-                     [getattr(torch, d) for d in dtype_names], rep_ms, epilogue)
+        unknown = [n for n in names or () if n not in registry.implementations]
+        if unknown:
+            raise ValueError(f"--impl {unknown[0]}: unknown implementation")
+        builders = {n: (lambda spec, b=registry.implementations[n].build: b(replace(spec, epilogue=epilogue)))
+                    for n in names or ()}
+        if not names:       # bncheck's own fused kernels
+            builders[FUSED] = lambda spec: _build_fused(spec, epilogue)
+        return bench(builders, device, shapes, [getattr(torch, d) for d in dtype_names], rep_ms, epilogue)
     names = names or [i.name for i in registry.of_kind("batchnorm")]
     unknown = [n for n in names if n not in registry.implementations]
     if unknown:

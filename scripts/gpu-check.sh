@@ -11,12 +11,14 @@
 #                cut to what is left, and the report is always written
 #   --out DIR    also copy latest.md, latest.json and logs.tar.gz (every step's log and output) to DIR
 #   --python PY  the Python whose torch to reuse (default: $PYTHON, else python3)
-#   --skip STEP  leave out a step (setup, env, verify, bench, compile), repeatable; without setup, PY runs bncheck
+#   --skip STEP  leave out a step (setup, env, verify, bench, fused-relu, fused-add_relu, compile), repeatable;
+#                without setup, PY runs bncheck
 #                from this tree (or .venv, if an earlier run set it up)
 #
 # Steps: setup (.venv reusing the installed torch), env (GPU, driver, versions), verify (bncheck run: triton-bn,
 # torch-bn2d, torch-functional against the oracle), bench (triton-bn against torch native: ResNet-50 NCHW/NHWC,
-# BatchNorm1d, 3-d and small-C shapes in float32, float16, bfloat16), compile (torch-compile-bn, when that plugin
+# BatchNorm1d, 3-d and small-C shapes in float32, float16, bfloat16), fused-relu / fused-add_relu (the fused
+# epilogue kernels against torch eager BatchNorm + add + ReLU), compile (torch-compile-bn, when that plugin
 # exists), report (reports/gpu/latest.{md,json} with the targets evaluated). Each step's outcome (ok, failed,
 # timeout, skipped) is recorded and the next step runs regardless. Exit status: 0 when every step that ran
 # succeeded, 1 otherwise, 2 for usage errors.
@@ -36,8 +38,8 @@ while [ $# -gt 0 ]; do
         --python) PY=${2:-}; shift ;;
         --skip)
             case ${2:-} in
-                setup|env|verify|bench|compile) SKIP="$SKIP$2 " ;;
-                *) echo "gpu-check: --skip '${2:-}': one of setup, env, verify, bench, compile" >&2; exit 2 ;;
+                setup|env|verify|bench|fused-relu|fused-add_relu|compile) SKIP="$SKIP$2 " ;;
+                *) echo "gpu-check: --skip '${2:-}': one of setup, env, verify, bench, fused-relu, fused-add_relu, compile" >&2; exit 2 ;;
             esac
             shift ;;
         -h|--help) usage; exit 0 ;;
@@ -75,7 +77,7 @@ if [ "$MODE" = cuda ]; then
     PRECOMPILE_JOBS=12
     SMALLC_MIN_ROWS=1048576
     # per-step limits (seconds), each cut to the budget left; the bench's Triton compilations are in its limit
-    T_SETUP=120 T_ENV=60 T_VERIFY=180 T_BENCH=210 T_COMPILE=120 T_REPORT=60
+    T_SETUP=120 T_ENV=60 T_VERIFY=180 T_BENCH=210 T_FUSED=60 T_COMPILE=120 T_REPORT=60
 else
     # a copy of the tracked and untracked-but-not-ignored files, so the smoke run leaves the repository untouched
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-smoke.XXXXXX")
@@ -94,7 +96,7 @@ else
     SMALLC_MIN_ROWS=4096          # the smoke set's (64, 3, 8, 8) counts as small-C
     VERIFY_GROUPS=2 VERIFY_JOBS=1  # two single-worker runs on two cores
     PRECOMPILE_JOBS=2
-    T_SETUP=120 T_ENV=60 T_VERIFY=300 T_BENCH=240 T_COMPILE=60 T_REPORT=60
+    T_SETUP=120 T_ENV=60 T_VERIFY=300 T_BENCH=240 T_FUSED=120 T_COMPILE=60 T_REPORT=60
 fi
 cd "$WORK" || exit 1
 VENV=$WORK/.venv
@@ -253,12 +255,19 @@ export VPY DEVICE GPU_DIR LOGS
 export -f run_groups
 step verify "$T_VERIFY" "exit 1: an unexpected or missing finding, or a plugin failed to load (see Verification)" \
     bash -c 'run_groups "$@"' run_groups verify "$PROFILE" "$VERIFY_GROUPS" "$VERIFY_JOBS" all \
-    triton-bn torch-bn2d torch-functional
+    triton-bn torch-bn2d torch-functional triton-fused-bn-relu triton-fused-bn-add-relu
 
 # -- timings: triton-bn against torch native -------------------------------------------------------------------------
 step bench "$T_BENCH" "the bench did not finish" \
     "${BNCHECK[@]}" bench --device "$DEVICE" --shapes "$SHAPES" --dtype float32 --dtype float16 --dtype bfloat16 \
     --impl triton-bn --rep-ms "$REP_MS" --precompile-jobs "$PRECOMPILE_JOBS" --out "$GPU_DIR"
+
+# -- timings of the fused epilogue kernels: relu(bn(x)) and relu(bn(x) + z) against torch eager -----------------------
+for ep in relu add_relu; do
+    step "fused-$ep" "$T_FUSED" "the fused $ep bench did not finish" \
+        "${BNCHECK[@]}" bench --device "$DEVICE" --shapes "$SHAPES" --dtype float32 --dtype float16 \
+        --epilogue "$ep" --rep-ms "$REP_MS" --json "$GPU_DIR/fused-$ep.json"
+done
 
 # -- torch.compile of torch's BatchNorm (when the framework plugin is there) ------------------------------------------
 skipped compile || "${BNCHECK[@]}" list >"$LOGS/list.log" 2>&1
@@ -290,7 +299,7 @@ echo "gpu-check: $MODE run took $(($(date +%s) - START)) s; report: $GPU_DIR/lat
 
 if [ -n "$OUT" ]; then
     cp "$GPU_DIR/latest.md" "$GPU_DIR/latest.json" "$OUT/" 2>/dev/null
-    tar czf "$OUT/logs.tar.gz" -C "$GPU_DIR" logs $(cd "$GPU_DIR" && ls -d verify compile bench.json bench.md \
+    tar czf "$OUT/logs.tar.gz" -C "$GPU_DIR" logs $(cd "$GPU_DIR" && ls -d verify compile bench.json bench.md fused-*.json \
         2>/dev/null)
     echo "gpu-check: copied latest.md, latest.json and logs.tar.gz to $OUT"
 elif [ "$MODE" != cuda ]; then

@@ -44,6 +44,8 @@ def test_the_example_runs_green_as_shipped(tmp_path):
         "tests/test_my_bn.py::test_running_statistics": "PASSED"}, out
     items = {k: v for k, v in got.items() if k.startswith("bncheck::my-bn::")}
     assert len(items) >= 10 and set(items.values()) == {"PASSED"}, out
+    fused = {k: v for k, v in got.items() if k.startswith("bncheck::my-bn-relu::")}    # the fused BN + ReLU
+    assert len(fused) >= 10 and set(fused.values()) == {"PASSED"}, out
 
 
 def test_one_broken_line_fails_with_the_bug_named(tmp_path):
@@ -61,6 +63,7 @@ def test_one_broken_line_fails_with_the_bug_named(tmp_path):
     assert got["tests/test_my_bn.py::test_running_statistics"] == "FAILED"
     assert got["bncheck::my-bn::running-stats"] == "FAILED"
     assert got["bncheck::my-bn::forward"] == "PASSED"      # the output is right; only the running variance is not
+    assert got["bncheck::my-bn-relu::running-stats"] == "FAILED"     # the fused layer inherits the bug
     # the message names the bug, shows where, the evidence, a minimal example and how to reproduce it
     section = out.split("_ test_conforms_to_torch _", 1)[1].split("\n___", 1)[0]
     assert "verdict 'unexpected'" in section and "biased-running-var in running-stats: running_var" in section

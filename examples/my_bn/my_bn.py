@@ -65,3 +65,10 @@ class MyBatchNorm2d(nn.Module):
         ok = not dtypes or dtypes == {x.dtype} or (x.dtype in LOW_PRECISION and dtypes == {torch.float32})
         if x.numel() and not ok:
             raise RuntimeError(f"mixed dtype: input {x.dtype}, parameters {sorted(map(str, dtypes))}")
+
+
+class MyBatchNormReLU2d(MyBatchNorm2d):
+    """The same BatchNorm with its ReLU fused after it, relu(bn(x)): what a residual block's kernel computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))

@@ -2,7 +2,7 @@
 import bncheck
 import torch
 
-from my_bn import MyBatchNorm2d
+from my_bn import MyBatchNorm2d, MyBatchNormReLU2d
 
 
 @bncheck.implementation("my-bn")
@@ -12,6 +12,15 @@ def build(spec):
         raise bncheck.Unsupported("MyBatchNorm2d takes 4-d input (N, C, H, W) only")
     return MyBatchNorm2d(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
                          track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype)
+
+
+@bncheck.implementation("my-bn-relu", epilogue="relu")
+def build_relu(spec):
+    """The fused BatchNorm + ReLU: checked against relu(bn(x)) with torch's gradient semantics."""
+    if spec.ndim != 4:
+        raise bncheck.Unsupported("MyBatchNormReLU2d takes 4-d input (N, C, H, W) only")
+    return MyBatchNormReLU2d(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
+                             track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype)
 
 
 def test_output_shape():
