@@ -20,8 +20,8 @@ BENCH_IMPLS := torch-functional seed-000 seed-001 seed-002 seed-003
 run: setup            ## check every bundled plugin (BatchNorm, fusion, sync), time the CPU ones: reports/latest.{md,json}
 	$(BIN)/bncheck run --profile $(PROFILE) --seed $(SEED) --out reports --bench small $(addprefix --bench-impl ,$(BENCH_IMPLS))
 
-test: setup           ## the test suite CI runs
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow" tests
+test: setup           ## the test suite CI runs (on every core: pytest-xdist, one test file per worker)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile tests
 
 test-all: setup       ## including the slow mutant-zoo searches over several seeds
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests

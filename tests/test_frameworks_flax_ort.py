@@ -67,6 +67,7 @@ def test_flax_quick_as_expected(tmp_path):
     _assert_as_expected(r, impls, ["flax-linen-bn"])
 
 
+@pytest.mark.slow       # flax is checked in full by make run
 def test_flax_running_stats_edge_inputs_and_errors(tmp_path):
     """The cheap part of the Flax check, the three properties where its documented differences show."""
     pytest.importorskip("flax", reason="the frameworks extra is not installed")

@@ -84,6 +84,7 @@ def test_keras_declines_when_imported_with_another_backend():
 
 # -- torch.compile ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow       # compiling costs 20-60 s a configuration on a fresh machine; make run checks it
 def test_torch_compile_forward_quick_as_expected():
     """Values as torch's; torch's ValueError for one value per channel comes out wrapped by Dynamo."""
     impl = _impl("torch_compile.py", "torch-compile-bn")

@@ -29,6 +29,7 @@ def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.slow       # one reproducer runs in the fast suite: tests/test_api.py, tests/test_example_project.py
 def test_each_reproducer_recreates_its_finding(seed_002, tmp_path):
     impl, result = seed_002
     findings = [f for f in result.findings if f.repro]
