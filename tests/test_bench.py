@@ -127,7 +127,7 @@ def test_epilogue_times_fused_kernels_against_torch_eager():
     assert B.bytes_moved("forward-train", numel, C, 2, 4, "add_relu") == 3 * numel * 2 + 6 * C * 4
     assert B.bytes_moved("backward", numel, C, 2, 4, "relu") == 4 * numel * 2 + 3 * C * 4
     assert B.bytes_moved("backward", numel, C, 2, 4, "add_relu") == 5 * numel * 2 + 3 * C * 4
-    for kwargs, msg in ((dict(names=["scale"]), "--impl scale: with --epilogue"),
+    for kwargs, msg in ((dict(names=["scale"]), "--impl scale: declares epilogue 'none', not 'relu'"),
                         (dict(precompile_jobs=2), "--precompile-jobs"), (dict(epilogue="gelu"), "--epilogue gelu")):
         try:
             B.run_named(reg, **dict(dict(device="cpu", epilogue="relu"), **kwargs))
