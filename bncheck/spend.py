@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-PROFILE_BUDGET_S = {"quick": 20.0, "default": 45.0, "thorough": None}
+PROFILE_BUDGET_S = {"quick": 20.0, "default": 30.0, "thorough": None}
 EXPENSIVE_RATIO = 5.0      # a new configuration costing this many times a seen one (and ...)
 EXPENSIVE_MIN_S = 0.5      # ... at least this long) is rationed
 MIN_CASES = 3              # cases every property runs before its share can stop it

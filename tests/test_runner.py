@@ -18,7 +18,7 @@ def test_crash_hang_death_and_import_failure_are_findings_and_the_run_goes_on():
         "already registered by" in errors["clash.py"] and "torch_reference.py" in errors["clash.py"]
     names = ["bad-crashing", "bad-hanging", "bad-dying", "torch-bn2d"]
     impls = [reg.implementations[n] for n in names]
-    out = {r.name: r for r in runner.run_all(impls, jobs=2, timeout_s=20, profile="quick", seed=0,
+    out = {r.name: r for r in runner.run_all(impls, jobs=2, timeout_s=12, profile="quick", seed=0,
                                                  properties=["forward"])}
     crash = out["bad-crashing"].findings
     assert [f.id for f in crash] == ["crash"]
@@ -33,7 +33,7 @@ def test_crash_hang_death_and_import_failure_are_findings_and_the_run_goes_on():
 def test_a_late_hang_keeps_the_properties_finished_before_it():
     reg = discover(plugin_dirs=[BAD], entry_points=False)
     impl = reg.implementations["bad-hanging-late"]
-    (r,) = runner.run_all([impl], jobs=1, timeout_s=15, profile="quick", seed=0,
+    (r,) = runner.run_all([impl], jobs=1, timeout_s=10, profile="quick", seed=0,
                           properties=["forward", "modes", "dtypes-layouts"])
     assert [f.id for f in r.findings] == ["timeout"]
     assert "dtypes-layouts" in r.findings[0].evidence[0]
