@@ -73,7 +73,8 @@ _ENTRIES = [
           "or not)", knobs=({"update_stats": False}, {"update_stats": False, "count_frozen": True})),
     Entry("num-batches-tracked-wrong", "num_batches_tracked never counts, counts by 2, or counts in eval steps too "
           "(the running statistics themselves as torch's)",
-          knobs=({"counter": "frozen"}, {"counter": "double"}, {"counter": "eval-too"})),
+          knobs=({"counter": "frozen"}, {"counter": "double"}, {"counter": "eval-too"}),
+          elsewhere=(("sync", ({"counter": "frozen"},)),)),
     Entry("no-track-eval-uses-running", "track_running_stats=False but eval does not use batch statistics",
           knobs=({"untracked_eval_stats": "zero-one"},)),
     Entry("affine-wrong", "weight/bias not applied, applied wrongly (1 + weight; a weight constrained positive as "

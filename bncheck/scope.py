@@ -156,7 +156,41 @@ def isolate(sc, facets: dict[str, Facet], fails: Callable[[Any], bool]) -> tuple
                          f"{f.describe((f.read(variant),))}) it does not fail")
     if not causes:
         lines.append("no single change of " + ", ".join(facets) + " makes it go away")
+        pair = _two_causes(sc, facets, fails)
+        if pair is not None:      # two causes, either enough alone: this one's region; the other's is found later
+            a, b = pair
+            lines.append(f"with {a} and {b} changed together it does not fail: either alone makes it fail, so its "
+                         f"region is taken as {facets[a].describe((here[a],))} (the other shows as a case outside it)")
+            return region_of(here, [a]), lines
     return region_of(here, causes), lines
+
+
+MAX_PAIRS = 21
+
+
+def _two_causes(sc, facets: dict[str, Facet], fails) -> tuple[str, str] | None:
+    """Two facets whose changes together (not alone) make the failure go away, trying at most ``MAX_PAIRS``."""
+    names = []
+    for name, f in facets.items():
+        try:
+            if f.alternative(sc) is not None:
+                names.append(name)
+        except Exception:
+            continue
+    tried = 0
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if tried >= MAX_PAIRS:
+                return None
+            tried += 1
+            try:
+                first = facets[a].alternative(sc)
+                both = facets[b].alternative(first) if first is not None else None
+            except Exception:
+                both = None
+            if both is not None and fails(both) is False:
+                return a, b
+    return None
 
 
 @dataclass

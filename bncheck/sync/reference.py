@@ -69,6 +69,7 @@ class SyncKnobs:
     grad_sums: str = "reduced"
     backward: str = "formula"
     variance: str = "two-pass"       # two-pass | one-pass
+    counter: str = "torch"           # torch (+1 a training step) | frozen: num_batches_tracked never counts
 
     def flipped(self) -> dict:
         base = SyncKnobs()
@@ -335,7 +336,8 @@ def step(sc: SyncScenario, x: torch.Tensor, dy: torch.Tensor, weight, bias, befo
             n_unb = {"global": N, "local": sc.count(r), "none": None}[knobs.unbias]
             unb = var if n_unb is None else var * n_unb / (n_unb - 1) if n_unb > 1 else var * math.inf
             new_rm, new_rv = (1 - f) * rm + f * mean, (1 - f) * rv + f * unb
-            out[r].values.update(running_mean=new_rm, running_var=new_rv, num_batches_tracked=nbt + 1)
+            out[r].values.update(running_mean=new_rm, running_var=new_rv,
+                                 num_batches_tracked=nbt + (0 if knobs.counter == "frozen" else 1))
             out[r].budgets["running_mean"] = B.running_mean(rm, new_rm, mean, var, f, N, u, u)
             out[r].budgets["running_var"] = B.running_var(rv, new_rv, mean, var, f, N, u, u,
                                                           var_err=spread and spread.running)
