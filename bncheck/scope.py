@@ -165,7 +165,7 @@ def isolate(sc, facets: dict[str, Facet], fails: Callable[[Any], bool]) -> tuple
     return region_of(here, causes), lines
 
 
-MAX_PAIRS = 21
+MAX_PAIRS = 10
 
 
 def _two_causes(sc, facets: dict[str, Facet], fails) -> tuple[str, str] | None:

@@ -331,7 +331,7 @@ def test_a_rank_that_raises_alone_leaves_the_others_usable(reg, pool):
     # the case Hypothesis first drew trained (rank 0 waited on rank 1 in a collective); the shrunk one may not
     sc = SyncScenario(shards=(2, 2), steps=(True,))
     data = materialize(sc)
-    with pytest.raises(RankFailure, match="then rank 0: .*Connection closed") as e:
+    with pytest.raises(RankFailure, match="then rank 0: .*Connection (closed|reset)") as e:   # gloo words it either way
         run_scenario(pool, sc, data, timeout_s=10)
     assert not e.value.broken and pool.respawned == before
 
@@ -422,7 +422,8 @@ def test_a_reproducer_reruns_the_finding_on_real_ranks_and_passes_on_a_correct_p
 @pytest.mark.parametrize("name, fid, rank, text", [
     ("bad-sync-raises-on-one-rank", "crash", 1, "rank 1 lost its shard"),
     ("bad-sync-raises-everywhere", "rank-unsupported", 0, "sequence input not wired up"),
-    ("bad-sync-dies", "crash", 1, "rank 1 died (exit code 3)"),
+    pytest.param("bad-sync-dies", "crash", 1, "rank 1 died (exit code 3)", marks=pytest.mark.slow),  # replacing
+    # the dead rank for every isolating variant takes a minute; the dying rank of momentum=None is in the fast set
     ("bad-sync-hangs", "timeout", 0, "did not finish within 4 s"),
 ])
 def test_a_failing_rank_is_a_named_finding_in_bounded_time_and_leaves_no_process(reg, tag, name, fid, rank, text):

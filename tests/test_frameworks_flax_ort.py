@@ -48,6 +48,7 @@ def test_ort_fusion_quick_clean(tmp_path):
     assert caps["float64"].startswith("declined: ONNX's epsilon attribute is float32")
 
 
+@pytest.mark.slow       # make run checks it at the default profile
 def test_ort_batchnorm_default_as_expected(tmp_path):
     """At the default profile: an empty training batch (nan-inf) is one of the rare scenarios without gradients
     that the quick profile's edge-inputs search does not draw."""

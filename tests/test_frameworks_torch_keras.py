@@ -65,6 +65,7 @@ def _build_in_subprocess(file: str, name: str, prelude: str, env: dict | None = 
 
 # -- Keras 3 ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow       # make run checks it at the default profile
 def test_keras_quick_as_expected():
     impl = _impl("keras_bn.py", "keras-bn")
     _assert_as_expected(_run(impl), impl.expect)

@@ -152,6 +152,7 @@ settings.register_profile("replay", database=DirectoryBasedExampleDatabase("exam
 '''
 
 
+@pytest.mark.slow       # the fast set replays from a shared database in tests/test_pytest_xdist.py
 def test_a_failure_found_once_is_replayed_from_the_hypothesis_database(tmp_path):
     project(tmp_path, REPLAY_CONFTEST)
     args = ("--bncheck", "--bncheck-property", "forward", "-k", "my-noeps")

@@ -60,6 +60,7 @@ PROBES: dict[str, Probe] = {
     # the single-sample rank's n / (n - 1) is infinite, the others' far from the global one
     "sync-local-count": Probe("sync-running-stats", lambda R: (_uneven(R, spatial=()), _uneven(R))),
     "biased-running-var": Probe("sync-running-stats", lambda R: (_uneven(R, spatial=()), _uneven(R))),
+    "num-batches-tracked-wrong": Probe("sync-running-stats", lambda R: (_uneven(R, spatial=()), _uneven(R))),
     "sync-grad-not-reduced": Probe("sync-gradients", lambda R: (_uneven(R, steps=(True,)),
                                                                 _uneven(R, spatial=(), steps=(True,)))),
     # channel means 1e4 (then 1e2) std from 0 in float32: E[x^2]-E[x]^2 keeps few digits of the variance
