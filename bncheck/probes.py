@@ -118,6 +118,13 @@ PROBES: dict[str, Probe] = {
                             _sc(3, shape=(1, 3, 1), steps=(T,))),
     "error-type": _probe("errors", _sc(2, shape=(1, 3), steps=(T,)), _sc(4, shape=(1, 3, 1, 1), steps=(T,)),
                          _sc(3, shape=(1, 3, 1), steps=(T,))),
+    # two training steps at a momentum whose debiased weights differ from a fixed factor; a counter over train,
+    # eval, train; float64 in every mode, and untracked
+    "zero-debiased-average": _probe("running-stats", _ranks(steps=(T, T), momentum=0.3)),
+    "num-batches-tracked-wrong": _probe("running-stats", _ranks(steps=(T, E, T))),
+    "reduced-precision": _probe(None, _ranks(steps=(T, E), dtype="float64", param_dtype="float64"),
+                                _ranks(steps=(E,), dtype="float64", param_dtype="float64",
+                                       track_running_stats=False)),
     # epilogues (the plugin's own, relu or add_relu, is set on every probe scenario): gradients through the ReLU on
     # ordinary data, and a constant channel without affine, whose pre-activations are exactly 0
     "epilogue-mask-source": _probe("gradients", _ranks(steps=(T,))),

@@ -127,16 +127,24 @@ class SearchLedger:
     def consolidate(self) -> list[str]:
         """One bug, one id: a knob-less finding (``FOLDABLE``) whose every region lies inside the scope of another
         finding that holds only at some input ranks (a misshapen output only on rank 5, where the reduction axes
-        are already known to be wrong) is that finding's consequence: it is folded under it as "also: ...".
+        are already known to be wrong), or a mismatch no knob explains exactly in the region of a named bug (its
+        effect beyond the knob's model), is that finding's consequence: it is folded under it as "also: ...".
         Returns the ids folded away."""
         folded = []
         for fid in list(self.order):
             k = self.known.get(fid)
             if k is None or fid not in FOLDABLE or fid in self.knobbed or k.scope.everywhere or not k.scope.regions:
                 continue
+            def specific(h) -> bool:
+                """The host holds only at some input ranks, or (for a mismatch no knob explains) exactly in the
+                region of the unexplained one: a named bug acting beyond its knob's model there."""
+                if all(any(c.facet == "rank" for c in r.conditions) for r in h.scope.regions):
+                    return True
+                facets = {c.facet for r in k.scope.regions for c in r.conditions}
+                return fid == "output-mismatch" and bool(facets) and all(
+                    {c.facet for c in r.conditions} == facets for r in h.scope.regions)
             hosts = [h for h in self.known.values() if h.id != fid and h.id not in folded and h.scope.regions and
-                     all(any(c.facet == "rank" for c in r.conditions) for r in h.scope.regions) and
-                     all(any(r.covers(x) for r in h.scope.regions) for x in k.scope.regions)]
+                     specific(h) and all(any(r.covers(x) for r in h.scope.regions) for x in k.scope.regions)]
             if not hosts:
                 continue
             host = min(hosts, key=lambda h: (h.id not in ALL_FIELDS, h.id not in self.knobbed, self.order.index(h.id)))

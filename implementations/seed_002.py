@@ -82,6 +82,9 @@ class BatchNorm(nn.Module):
         # statistics (torch leaves them unchanged); with track_running_stats=False eval normalises with the
         # constants torch.tensor(0) / torch.tensor(1) set in __init__, not with batch statistics
         "missing-error", "nan-inf", "no-track-eval-uses-running",
+        # and those constants are int64 tensors: var + self.eps is float32, so a float64 input is normalised in
+        # float32 precision there (and training updates them even without tracking, which eval then uses)
+        "reduced-precision",
     })
 def build(spec: bncheck.Spec) -> nn.Module:
     return BatchNorm(spec.num_features, momentum=spec.momentum, affine=spec.affine,
