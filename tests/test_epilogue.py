@@ -167,12 +167,13 @@ def _verify(results: dict):
 
 
 def test_epilogue_zoo_named_exactly_and_references_clean():
-    _verify(_check(ZOO_NAMES + ["torch-bn-relu", "torch-bn-add-relu"], profile="default", seed=0))
+    """CI: the quick profile on seed 0; the default profile, seeds 0-2, is the slow test below."""
+    _verify(_check(ZOO_NAMES + ["torch-bn-relu", "torch-bn-add-relu"], profile="quick", seed=0))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_epilogue_zoo_other_seeds(seed):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_epilogue_zoo_default_profile(seed):
     _verify(_check(ZOO_NAMES + ["torch-bn-relu", "torch-bn-add-relu"], profile="default", seed=seed))
 
 
