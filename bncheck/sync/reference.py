@@ -13,7 +13,8 @@ hypothesis about a distributed bug, computed from the shards the ranks actually 
     backward    formula | autograd          dx by the closed form with the statistics in use | the exact
                                             derivative of the (knobbed) forward; identical under torch knobs
     variance    two-pass | one-pass         a stable variance | E[x^2] - E[x]^2 from all-reduced sums of x and x^2,
-                                            emulated in the input dtype (``one_pass``)
+                                            emulated in the input dtype (``one_pass``); with var_merge=
+                                            mean-of-variances each rank's E_r[x^2] - E_r[x]^2, merged by a_r
     unbias      ... | none                  (also) running_var updated with the biased variance
 
 ``track_running_stats=False``: batch statistics in every mode and no running statistics (none is compared). In
@@ -211,7 +212,7 @@ def merge(xs: list, knobs: SyncKnobs, dtype: torch.dtype = torch.float64):
     means = [_chan(x).mean(1) for x, _ in live]
     a = [n / total if knobs.weighting == "count" else 1.0 / len(live) for _, n in live]
     if knobs.variance == "one-pass":
-        return one_pass([x for x, _ in live], a, dtype)
+        return one_pass([x for x, _ in live], a, dtype, knobs.var_merge)
     vars_ = [((_chan(x) - m[:, None]) ** 2).mean(1) for (x, _), m in zip(live, means)]
     mean = sum(ai * m for ai, m in zip(a, means))
     var = sum(ai * v for ai, v in zip(a, vars_))
@@ -220,23 +221,37 @@ def merge(xs: list, knobs: SyncKnobs, dtype: torch.dtype = torch.float64):
     return mean, var, None
 
 
-def one_pass(xs: list, a: list, dtype: torch.dtype):
+def one_pass(xs: list, a: list, dtype: torch.dtype, var_merge: str = "exact"):
     """E[x^2] - E[x]^2 from the ranks' moments merged with weights ``a`` (all-reduced sums of x and x^2), each
     mean, the square of the mean and the difference rounded to ``dtype``, as ``oracle.naive_variance`` emulates
-    one process (with count weights it is exactly that on the concatenated batch). The variance is clamped at 0,
-    as implementations that take this shortcut do (one that does not: see ``Spread``).
+    one process (with count weights it is exactly that on the concatenated batch). With
+    ``var_merge="mean-of-variances"`` each rank takes its own E_r[x^2] - E_r[x]^2 (rounded the same way) and the
+    variances are merged with weights ``a``: the spread of the rank means is lost, as with a stable variance (without
+    this the knob would change nothing under a one-pass variance, and a diagnosis could credit it for free). The
+    variance is clamped at 0, as implementations that take this shortcut do (one that does not: see ``Spread``).
 
     Returns (mean, var, allowance): the implementation's summation order is unknown, so its variance may differ
-    from this one by the roundoff of those sums, u * (E[x^2] + 2 |E[x]| E|x| + |var|) per channel (times the
-    reduction's growth, applied by ``Spread``); relative to var that is u * (mean/std)^2, the defect itself."""
+    from this one by the roundoff of those sums, u * (E[x^2] + 2 |E[x]| E|x| + |var|) per channel (per rank,
+    merged with weights ``a``, for a mean of variances; times the reduction's growth, applied by ``Spread``);
+    relative to var that is u * (mean/std)^2, the defect itself."""
     def rnd(t):
         return t.to(dtype).to(torch.float64)
     mean = rnd(sum(ai * _chan(x).mean(1) for ai, x in zip(a, xs)))
-    sq = rnd(sum(ai * (_chan(x) ** 2).mean(1) for ai, x in zip(a, xs)))
-    var = rnd(sq - rnd(mean * mean))
+    if var_merge == "exact":
+        sq = rnd(sum(ai * (_chan(x) ** 2).mean(1) for ai, x in zip(a, xs)))
+        var = rnd(sq - rnd(mean * mean))
+        with torch.no_grad():
+            abs_mean = sum(ai * _chan(x).abs().mean(1) for ai, x in zip(a, xs))
+            allowance = B.u(dtype) * (sq.detach() + 2 * mean.detach().abs() * abs_mean + var.detach().abs())
+        return mean, var.clamp_min(0.0), allowance
+    parts = []
+    for x in xs:
+        m, sq = rnd(_chan(x).mean(1)), rnd((_chan(x) ** 2).mean(1))
+        parts.append((m, sq, rnd(sq - rnd(m * m)), _chan(x).abs().mean(1)))
+    var = rnd(sum(ai * v for ai, (_, _, v, _) in zip(a, parts)))
     with torch.no_grad():
-        abs_mean = sum(ai * _chan(x).abs().mean(1) for ai, x in zip(a, xs))
-        allowance = B.u(dtype) * (sq.detach() + 2 * mean.detach().abs() * abs_mean + var.detach().abs())
+        allowance = B.u(dtype) * (sum(ai * (sq + 2 * m.abs() * am + v.abs()) for ai, (m, sq, v, am)
+                                      in zip(a, [tuple(t.detach() for t in p) for p in parts])) + var.detach().abs())
     return mean, var.clamp_min(0.0), allowance
 
 
