@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-BENCH_IMPLS := torch-functional seed-000 seed-001 seed-002 seed-003
+BENCH_IMPLS := torch-functional seed-000 seed-001 seed-002 seed-003 torch-bn-relu torch-bn-add-relu
 
 run: setup            ## check every bundled plugin (BatchNorm, fusion, sync), time the CPU ones: reports/latest.{md,json}
 	$(BIN)/bncheck run --profile $(PROFILE) --seed $(SEED) --out reports --bench small $(addprefix --bench-impl ,$(BENCH_IMPLS))

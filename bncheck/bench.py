@@ -29,9 +29,10 @@ bandwidth as a percentage of it. ``ratio`` is ``torch_time / impl_time``: above 
 With an epilogue (``bench(..., epilogue="relu" | "add_relu")``, ``bncheck bench --epilogue``) the modules compute
 ``relu(bn(x))`` / ``relu(bn(x) + z)`` and are called as ``module(x)`` / ``module(x, z)``; the reference is then torch
 eager BatchNorm followed by an in-place add and ReLU (torchvision's ResNet form), still named ``torch-native``, and
-the implementation timed is bncheck's own Triton fused kernels (``triton-fused``: BatchNorm plugins declare no
-epilogue). The bytes model adds what the epilogue must move: add_relu reads z in the forward; the backward reads
-the ReLU mask's source (the output y) and, for add_relu, writes dz.
+the implementation timed is bncheck's own Triton fused kernels (``triton-fused``) or the named plugins declaring
+that epilogue; each row's op carries it (``forward-train+relu``). The bytes model adds what the epilogue must move:
+add_relu reads z in the forward; the backward reads the ReLU mask's source (the output y) and, for add_relu,
+writes dz.
 
 ``render_markdown`` only reads the result dict (plain JSON types), so a saved result renders without torch.
 """
@@ -53,6 +54,12 @@ _LAYOUT_NAMES = {(2, False): "nc", (3, False): "ncl", (4, False): "nchw", (4, Tr
 # expansion (conv3 / downsample) output.
 RESNET50_CHW = [(64, 112, 112), (64, 56, 56), (256, 56, 56), (128, 56, 56), (128, 28, 28), (512, 28, 28),
                 (256, 28, 28), (256, 14, 14), (1024, 14, 14), (512, 14, 14), (512, 7, 7), (2048, 7, 7)]
+
+
+def op_name(op: str, epilogue: str | None) -> str:
+    """A row's operation: ``forward-train``, or with an epilogue ``forward-train+relu`` (so rows of BatchNorm alone
+    and of BatchNorm with an epilogue can share a table, each with its own torch-native reference)."""
+    return op if epilogue in (None, "none") else f"{op}+{epilogue}"
 
 
 def _both(shape):
@@ -319,7 +326,8 @@ def bench(builders: dict, device: str = "cpu", shape_set: str = "default", dtype
                     base = times
                 for op in OPS:
                     t = times[op]
-                    row = dict(implementation=name, op=op, shape="x".join(map(str, shape)), layout=layout,
+                    row = dict(implementation=name, op=op_name(op, epilogue), shape="x".join(map(str, shape)),
+                               layout=layout,
                                dtype=str(dtype).replace("torch.", ""), time_ms=None, ratio=None, gbps=None,
                                pct_copy=None, error=None, spread=None)
                     if isinstance(t, tuple) and t[0] > 0:

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="after checking, time the checked BatchNorm implementations on this shape set "
                         "(see `bncheck bench --shapes`) and put the table in the report")
     r.add_argument("--bench-impl", action="append", default=[], metavar="NAME",
-                   help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation)")
+                   help="with --bench: time only these, repeatable (default: every checked BatchNorm implementation; "
+                        "one that declares an epilogue is timed against torch eager with that epilogue)")
     r.add_argument("--baseline", default=None, metavar="FILE",
                    help="a stored report (latest.json of an earlier run) to compare this run with: prints the diff and "
                         "writes diff.md and diff.json next to the report (exit status: the larger of the run's and the "
@@ -208,15 +209,30 @@ def _bench_shapes(spec: str) -> None:
 
 
 def _run_bench(args, reg, impls):
+    """The timing table of ``bncheck run --bench``: BatchNorm plugins against torch native, and plugins that
+    declare an epilogue against torch eager with that epilogue (rows ``forward-train+relu``, ...), in one table."""
     from . import bench
     from .results import Timings
     names = args.bench_impl or [i.name for i in impls if i.kind == "batchnorm"]
+    groups: dict[str | None, list[str]] = {}
+    for n in names:
+        epilogue = getattr(reg.implementations.get(n), "epilogue", "none")
+        groups.setdefault(None if epilogue in (None, "none") else epilogue, []).append(n)
+    result, parts = None, []
     try:
-        result = bench.run_named(reg, names, args.device, args.bench)
+        for epilogue, group in sorted(groups.items(), key=lambda g: g[0] or ""):    # BatchNorm alone first
+            part = bench.run_named(reg, group, args.device, args.bench, epilogue=epilogue)
+            parts.append(bench.render_markdown(part).split("\n", 1)[1].lstrip())  # the report has its own heading
+            if result is None:
+                result = part
+                result["header"].pop("epilogue", None)
+            else:
+                result["rows"] += part["rows"]
+            if epilogue:
+                result["header"].setdefault("epilogues", []).append(epilogue)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    md = bench.render_markdown(result).split("\n", 1)[1].lstrip()   # the report has its own heading
-    return Timings.from_bench(result, md)
+    return Timings.from_bench(result or {}, "\n".join(parts))
 
 
 def cmd_list(args) -> int:

@@ -135,3 +135,32 @@ def test_epilogue_times_fused_kernels_against_torch_eager():
             assert msg in str(e), (kwargs, e)
         else:
             raise AssertionError(f"no error for {kwargs}")
+
+
+def test_run_bench_puts_epilogue_plugins_in_the_same_table_against_their_own_reference():
+    """``bncheck run --bench``: a plugin that declares an epilogue is timed against torch eager with that epilogue
+    (op ``forward-train+relu``), beside the BatchNorm plugins timed against torch native, in one table; the report
+    and its picture draw both."""
+    from pathlib import Path
+
+    from bncheck.cli import _run_bench
+    from bncheck.report import plots, timings
+
+    reg = bncheck.Registry()
+    reg.declare("batchnorm", "scale", Scale)
+    reg.load_file(Path(__file__).parent.parent / "implementations" / "epilogue_torch.py")
+    args = argparse.Namespace(bench="2x4x6x6", bench_impl=["torch-bn-add-relu", "scale", "torch-bn-relu"],
+                              device="cpu")
+    t = _run_bench(args, reg, [])
+    got = {(r.implementation, r.op) for r in t.rows}
+    want = {(n, f"{op}{ep}") for ep, names in (("", ("scale", B.NATIVE)), ("+relu", ("torch-bn-relu", B.NATIVE)),
+                                                ("+add_relu", ("torch-bn-add-relu", B.NATIVE))) for n in names
+            for op in B.OPS}
+    assert got == want, got ^ want
+    assert all(r.error is None and r.time_ms > 0 and (r.ratio or r.implementation == B.NATIVE) for r in t.rows)
+    assert t.header["epilogues"] == ["add_relu", "relu"] and "epilogue" not in t.header
+    assert "+numel*E" not in t.header["bytes_model"]          # the header is the plain BatchNorm table's
+    text = "\n".join(timings.render(t))
+    assert "| torch-bn-relu (+relu) " in text and "| scale " in text and "`+relu`" in text
+    fig = plots.timings_figure(t)
+    assert len(fig.axes) == 2 * len(B.OPS)                    # epilogue rows share the three ops' panels

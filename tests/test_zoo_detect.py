@@ -52,7 +52,8 @@ def _verify(seed: int, name: str, profile: str = "default"):
     detail = "; ".join(f"{f.id} ({f.property}: {f.evidence[-1][:160]})" for f in r.findings)
     if name.startswith("zoo-correct-"):
         assert not found, f"{name} is correct but got findings: {detail}"
-        assert r.cases > 100, f"{name}: only {r.cases} cases checked"
+        least = 100 if profile == "default" else 50   # quick: a 20 s budget per plugin, shared with the machine
+        assert r.cases > least, f"{name}: only {r.cases} cases checked"
     else:
         want = set(reg_impl.expect)
         assert found, f"{name} (defects: {sorted(want)}) was not detected"

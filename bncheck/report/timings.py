@@ -28,11 +28,18 @@ def render(t: Timings) -> list[str]:
            f"Copy bandwidth (read + write of a large copy): **{h.get('copy_gbps') or 0:.1f} GB/s**.", "",
            "ratio = torch native's time / the implementation's (above 1: faster than torch native); GB/s from the "
            f"minimal-bytes model (`{h.get('bytes_model', 'not recorded')}`).", ""]
-    ops = list(dict.fromkeys(r.op for r in t.rows))
+    if h.get("epilogues"):
+        out[-1:-1] = ["", "Rows whose op ends in " + ", ".join(f"`+{e}`" for e in h["epilogues"]) + " time plugins "
+                      "that declare that epilogue (`relu(bn(x))`, `relu(bn(x) + z)`) against torch eager BatchNorm "
+                      "followed by an in-place add of z and ReLU, the `torch-native` of those rows; their bytes "
+                      "model adds z in the forward and the output and dz in the backward."]
+    ops = list(dict.fromkeys(r.op.split("+")[0] for r in t.rows))     # an epilogue row: forward-train+relu
     ratios: dict[str, dict[str, list[float]]] = {}
     for r in t.rows:
         if r.implementation != NATIVE and r.ratio:
-            ratios.setdefault(r.implementation, {}).setdefault(r.op, []).append(r.ratio)
+            op, _, epilogue = r.op.partition("+")
+            label = f"{r.implementation} (+{epilogue})" if epilogue else r.implementation
+            ratios.setdefault(label, {}).setdefault(op, []).append(r.ratio)
     if ratios:
         out += ["Geometric mean of the ratio to torch native, over shapes, layouts and dtypes:", ""]
         out.append(table(["implementation"] + ops,

@@ -43,6 +43,13 @@ def uneven_shards(world_size: int) -> tuple:
     return tuple((1, 4, 2, 5, 3, 6)[r % 6] + 6 * (r // 6) for r in range(world_size)) if world_size > 1 else (3,)
 
 
+def edges(world_size: int) -> list[SyncScenario]:
+    """Explicit examples every search tries first: an untracked eval step after training, with a single-sample rank
+    (where torch's SyncBatchNorm, which does not synchronise in eval, raises, and whole-batch statistics do not)."""
+    return [SyncScenario(shards=uneven_shards(world_size), channels=2, steps=(True, False),
+                         track_running_stats=False, seed=2)]
+
+
 def discriminating(world_size: int, seed: int = 1) -> SyncScenario:
     """An explicit first example per world size: uneven shards incl. one sample, rank means far apart."""
     return SyncScenario(shards=uneven_shards(world_size), channels=2, spatial=(3,), steps=(True, True, False),

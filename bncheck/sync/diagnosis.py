@@ -98,10 +98,25 @@ def diagnose(run: Run, base: SyncKnobs, sc: SyncScenario, data, observed, cmp,
                     f"means {conf.rank_shift:g} std apart")
             if knobs.variance == "one-pass" and base.variance != "one-pass":
                 text += f"; without the offset of {sc.offset:g} it is within budget"
-            return [Named(i, where, [head, text], ratio, f) for i, f in combo], conf
+            out = []
+            for i, f in combo:
+                w, h, q = _own_evidence(sc, data, observed, knobs, base, f, owned, (where, head, ratio))
+                out.append(Named(i, w, [h, text], q, f))
+            return out, conf
     r, _, combo, knobs = min(tried, key=lambda s: s[0]) if tried else (math.inf, 0, [], base)
     closest = f"closest knob setting: {knobs.describe()} leaves {r:.3g} x budget" if combo else "no knob to try"
     return [Named("sync-mismatch", where, [head, f"no sync knob setting explains it; {closest}"], ratio)], sc
+
+
+def _own_evidence(sc, data, observed, knobs: SyncKnobs, base: SyncKnobs, flip: dict, owned, fallback):
+    """(where, first evidence line, ratio) of one knob of a pair: the worst field that fails when only this knob is
+    taken back (the other kept), so each id of a pair shows the field it explains, not its partner's."""
+    without = replace(knobs, **{k: getattr(base, k) for k in flip})
+    failing = compare(sc, data, observed, without).failing(owned)
+    if not failing:
+        return fallback
+    d = max(failing, key=lambda d: d.ratio)
+    return d.where(sc), d.detail, d.ratio
 
 
 def crash_id(region: Region, sc: SyncScenario) -> str:

@@ -396,6 +396,16 @@ def _reduce(out: list):
             o.reduced[key] = (ref, bud)
 
 
+def torch_raises_at(sc: SyncScenario) -> int | None:
+    """The step (1-based) at which ``torch.nn.SyncBatchNorm`` raises on this scenario, or None: an untracked eval
+    step where a rank has fewer than 2 values per channel (it normalises each shard alone there, module docstring,
+    and torch's BatchNorm raises on one value per channel). An implementation that raises there too follows torch;
+    the whole-batch convention, which runs, is accepted as well."""
+    if sc.track_running_stats or all(sc.count(r) >= 2 for r in range(sc.world_size)):
+        return None
+    return next((k for k, train in enumerate(sc.steps, 1) if not train), None)
+
+
 def step_local(sc: SyncScenario, x: torch.Tensor, dy: torch.Tensor, weight, bias,
                knobs: SyncKnobs = TORCH_SYNC) -> list[Expected] | None:
     """An untracked eval step as ``torch.nn.SyncBatchNorm`` computes it: every rank normalises its shard with that

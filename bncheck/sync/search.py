@@ -23,23 +23,24 @@ plugin, property, world size and round; ``phases`` limits the Hypothesis phases,
 from __future__ import annotations
 
 import math
+import re
 import time
 import unittest
 from dataclasses import dataclass, replace
 
 import hypothesis
-from hypothesis import HealthCheck, Phase, given, reject, settings
+from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky, Unsatisfiable
 
 from ..ledger import Ledger
 from ..results import Finding, PropertyFailure, PropertyResult
 from ..scope import EVERY, isolate
-from .cases import payloads, scenarios
+from .cases import edges, payloads, scenarios
 from .diagnosis import crash_id, diagnose
 from .facets import FACETS
 from .ranks import Declined, RankFailure, RankPool
-from .reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize
+from .reference import TORCH_SYNC, SyncKnobs, SyncScenario, compare, materialize, torch_raises_at
 
 PROFILES = {
     "quick": dict(max_examples=8, rounds=8),
@@ -62,6 +63,14 @@ PROPERTIES = (
 )
 BY_NAME = {p.name: p for p in PROPERTIES}
 EVERY_FIELD = tuple(f for p in PROPERTIES for f in p.fields)
+
+
+def raises_as_torch(sc: SyncScenario, failure: RankFailure) -> bool:
+    """A rank failure at or after the step where torch's SyncBatchNorm raises too (``reference.torch_raises_at``):
+    not a finding."""
+    k = torch_raises_at(sc)
+    at = re.search(r"(?:forward|backward) of step (\d+)", failure.message)
+    return failure.kind != "timeout" and k is not None and at is not None and int(at.group(1)) >= k
 
 
 class _Abort(BaseException):
@@ -125,7 +134,7 @@ class SyncSearch:
         try:
             self.run(sc, materialize(sc))
             return False
-        except (Declined, RankFailure):
+        except (Declined, RankFailure):     # incl. where torch raises too (raises_as_torch): that cannot tell either
             return True
 
     def mismatches(self, sc: SyncScenario, knobs: SyncKnobs, fields) -> bool:
@@ -208,6 +217,8 @@ class SyncSearch:
                     return
                 except RankFailure as e:
                     res.cases += 1
+                    if raises_as_torch(sc, e):
+                        return          # torch's SyncBatchNorm raises there too
                     if e.broken or e.kind == "timeout":
                         raise _Abort(e, sc)
                     res.ratios.add(math.inf)
@@ -267,6 +278,8 @@ class SyncSearch:
         test = settings(max_examples=self.conf["max_examples"], deadline=None, database=db,
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                         verbosity=hypothesis.Verbosity.quiet, phases=use)(given(scenarios(ws))(check))
+        for edge in edges(ws):
+            test = example(edge)(test)
         seed = self.seed * 1000003 + ws * 7919 + index * 101 + rnd
         if db is None:
             return hypothesis.seed(seed)(test)
