@@ -208,6 +208,9 @@ def _bench_shapes(spec: str) -> None:
         raise UsageError(f"--bench {spec}: {e}") from None
 
 
+RUN_BENCH_REP_MS = 100.0   # per op and shape in `bncheck run --bench` (`bncheck bench`: 200 ms on the CPU)
+
+
 def _run_bench(args, reg, impls):
     """The timing table of ``bncheck run --bench``: BatchNorm plugins against torch native, and plugins that
     declare an epilogue against torch eager with that epilogue (rows ``forward-train+relu``, ...), in one table."""
@@ -221,7 +224,7 @@ def _run_bench(args, reg, impls):
     result, parts = None, []
     try:
         for epilogue, group in sorted(groups.items(), key=lambda g: g[0] or ""):    # BatchNorm alone first
-            part = bench.run_named(reg, group, args.device, args.bench, epilogue=epilogue)
+            part = bench.run_named(reg, group, args.device, args.bench, rep_ms=RUN_BENCH_REP_MS, epilogue=epilogue)
             parts.append(bench.render_markdown(part).split("\n", 1)[1].lstrip())  # the report has its own heading
             if result is None:
                 result = part
