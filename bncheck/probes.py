@@ -110,9 +110,12 @@ PROBES: dict[str, Probe] = {
     "rank-wrong-results": _probe("forward", _ranks(steps=(T,))),
     "layout-not-preserved": _probe("dtypes-layouts", _sc(4, layout="channels_last", steps=(T0,)),
                                    _sc(5, layout="channels_last", steps=(T0,))),
-    # an empty batch in training (then read the statistics), and a constant channel with gradients
+    # an empty batch in training (then read the statistics), a constant channel with gradients, and a float16
+    # input with values past 256, whose squares overflow float16 (65504) where torch accumulates in float32
     "nan-inf": _probe("edge-inputs", _sc(4, shape=(0, 3, 2, 5), steps=(T, E)), _sc(2, shape=(0, 3), steps=(T, E)),
-                      _ranks(steps=(T,), distribution="constant-channel", offset=3.0)),
+                      _ranks(steps=(T,), distribution="constant-channel", offset=3.0),
+                      _sc(4, steps=(T0,), dtype="float16", param_dtype="float16", distribution="outliers",
+                          seed=2766)),           # an outlier of 306: seeds up to 2765 give none past 256 here
     # one value per channel in training
     "missing-error": _probe("errors", _sc(2, shape=(1, 3), steps=(T,)), _sc(4, shape=(1, 3, 1, 1), steps=(T,)),
                             _sc(3, shape=(1, 3, 1), steps=(T,))),
