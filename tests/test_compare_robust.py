@@ -96,7 +96,7 @@ OUTPUTS = {   # a malformed output (of a step that produced one)
     "str": lambda y: "output",
     "float": lambda y: 1.5,
     "dict": lambda y: {"y": y},
-    "off, with autograd history": lambda y: (y.double() + 1.0).requires_grad_(),
+    "off, with autograd history": lambda y: (y.double() + 1e4).requires_grad_(),   # past any budget
 }
 
 GRADS = {   # a malformed dx / dweight / dbias
@@ -106,7 +106,7 @@ GRADS = {   # a malformed dx / dweight / dbias
     "NaN": lambda g: torch.full_like(g, math.nan, dtype=torch.float64),
     "complex": lambda g: g.to(torch.complex128) + 1j,
     "meta device": lambda g: g.to("meta"),
-    "off, with autograd history": lambda g: (g.double() + 1.0).requires_grad_(),
+    "off, with autograd history": lambda g: (g.double() + 1e4).requires_grad_(),   # past any budget
 }
 
 STATS = {   # a malformed running statistic read after (or before) a step
