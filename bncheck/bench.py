@@ -240,6 +240,18 @@ def _build_fused(spec, epilogue: str):
                                 epilogue=epilogue)
 
 
+def _keep_saved_buffers():
+    """A context in which torch.compile (AOTAutograd) compiles a backward that may run more than once: the backward
+    is timed by repeating ``autograd.grad(..., retain_graph=True)`` on one forward, which a backward compiled with
+    donated buffers refuses (the default since torch 2.6)."""
+    import contextlib
+    try:
+        import torch._functorch.config as functorch_config
+        return functorch_config.patch(donated_buffer=False)
+    except (ImportError, AttributeError, RuntimeError):
+        return contextlib.nullcontext()
+
+
 def _time_ops(module, x, dy, timer, z=None) -> dict:
     """{op: (milliseconds, relative spread) or an error string}; ``z``: the add_relu epilogue's second input."""
     import torch
@@ -250,9 +262,12 @@ def _time_ops(module, x, dy, timer, z=None) -> dict:
                 module.train()
                 xg = x.detach().requires_grad_()
                 zg = None if z is None else z.detach().requires_grad_()
-                y = module(xg) if zg is None else module(xg, zg)
-                inputs = [xg] + ([] if zg is None else [zg]) + [p for p in module.parameters() if p.requires_grad]
-                out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True, allow_unused=True))
+                with _keep_saved_buffers():       # the forward and the backward compile under it (lazily)
+                    y = module(xg) if zg is None else module(xg, zg)
+                    inputs = [xg] + ([] if zg is None else [zg]) + [p for p in module.parameters()
+                                                                    if p.requires_grad]
+                    out[op] = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True,
+                                                                allow_unused=True))
                 del y
             else:
                 module.train(op == "forward-train")

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")   # harmless here; keeps a later triton import in interpreter mode
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import bncheck  # noqa: E402
@@ -164,3 +165,13 @@ def test_run_bench_puts_epilogue_plugins_in_the_same_table_against_their_own_ref
     assert "| torch-bn-relu (+relu) " in text and "| scale " in text and "`+relu`" in text
     fig = plots.timings_figure(t)
     assert len(fig.axes) == 2 * len(B.OPS)                    # epilogue rows share the three ops' panels
+
+
+@pytest.mark.slow
+def test_a_torch_compile_backward_is_timed():
+    """AOTAutograd donates buffers to a compiled backward by default, and such a backward refuses to run twice on
+    one graph; the bench repeats ``autograd.grad(..., retain_graph=True)``, so it compiles without donation."""
+    result = B.bench({"compiled": lambda spec: torch.compile(torch.nn.BatchNorm2d(spec.num_features), dynamic=True)},
+                     "cpu", "2x4x6x6", [torch.float32], rep_ms=5)
+    rows = [r for r in result["rows"] if r["implementation"] == "compiled"]
+    assert len(rows) == len(B.OPS) and all(r["error"] is None and r["time_ms"] > 0 for r in rows), rows
