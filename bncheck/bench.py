@@ -221,23 +221,8 @@ def _eager_epilogue(epilogue: str):
 
 def _build_fused(spec, epilogue: str):
     """bncheck's Triton BatchNorm with the epilogue fused (``Unsupported`` where it cannot run)."""
-    import torch
-
-    from .spec import Unsupported
-    if spec.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise Unsupported(f"{FUSED} computes in float32; {spec.dtype} parameters are not supported")
-    try:
-        from .kernels import triton_kernels
-        from .kernels.triton_fused_bn import TritonFusedBatchNorm
-    except Exception as e:   # triton missing or broken
-        raise Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
-    if triton_kernels.UNUSABLE:
-        raise Unsupported(triton_kernels.UNUSABLE)
-    if torch.device(spec.device).type != "cuda" and not triton_kernels.INTERPRET:
-        raise Unsupported(f"{FUSED} runs on CUDA devices, or on the CPU with TRITON_INTERPRET=1")
-    return TritonFusedBatchNorm(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                                track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype,
-                                epilogue=epilogue)
+    from . import kernels
+    return kernels.build(spec, FUSED, epilogue)
 
 
 def _keep_saved_buffers():

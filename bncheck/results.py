@@ -287,6 +287,14 @@ class TimingRow:
     def key(self) -> tuple:
         return (self.implementation, self.op, self.shape, self.layout, self.dtype)
 
+    @property
+    def labelled(self) -> tuple[str, str]:
+        """(the implementation's label, the op without its epilogue): a row of ``forward-train+relu`` (a plugin
+        timed with its epilogue, ``bench.op_name``) is ``("name (+relu)", "forward-train")``, so it is shown beside
+        the plain BatchNorm rows of the same op."""
+        op, _, epilogue = self.op.partition("+")
+        return (f"{self.implementation} (+{epilogue})" if epilogue else self.implementation), op
+
     def to_json(self) -> dict:
         return asdict(self)
 

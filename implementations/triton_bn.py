@@ -12,17 +12,5 @@ if not torch.cuda.is_available():   # must precede the first import of triton to
 
 @bncheck.implementation("triton-bn")
 def build(spec: bncheck.Spec) -> torch.nn.Module:
-    if spec.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise bncheck.Unsupported(f"triton-bn computes in float32; {spec.dtype} parameters are not supported")
-    try:
-        from bncheck.kernels import triton_kernels
-        from bncheck.kernels.triton_bn import TritonBatchNorm
-    except Exception as e:   # triton missing or broken: a declared gap, not a bug
-        raise bncheck.Unsupported(f"triton cannot be imported: {type(e).__name__}: {e}") from None
-    if triton_kernels.UNUSABLE:
-        raise bncheck.Unsupported(triton_kernels.UNUSABLE)
-    if torch.device(spec.device).type != "cuda" and not triton_kernels.INTERPRET:
-        raise bncheck.Unsupported(f"triton-bn runs on CUDA devices, or on the CPU with TRITON_INTERPRET=1 "
-                                  f"(device {spec.device!r})")
-    return TritonBatchNorm(spec.num_features, eps=spec.eps, momentum=spec.momentum, affine=spec.affine,
-                           track_running_stats=spec.track_running_stats, device=spec.device, dtype=spec.dtype)
+    from bncheck import kernels
+    return kernels.build(spec, "triton-bn")

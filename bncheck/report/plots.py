@@ -110,24 +110,17 @@ def _shape_key(r) -> str:
     return f"{shape}\n{r.layout} {r.dtype.replace('float', 'f')}"
 
 
-def _label_op(r) -> tuple[str, str]:
-    """(the bar's label, the panel's op): a row with an epilogue (op ``forward-train+relu``) is drawn in the
-    ``forward-train`` panel as ``name (+relu)``, beside the plain BatchNorm rows."""
-    op, _, epilogue = r.op.partition("+")
-    return (f"{r.implementation} (+{epilogue})" if epilogue else r.implementation), op
-
-
 def timings_figure(t: Timings | None):
     """Per op (columns): ratio to torch native per shape (above), GB/s against the copy bandwidth (below)."""
     if not t or not t.rows:
         return None
-    ops = list(dict.fromkeys(_label_op(r)[1] for r in t.rows))
-    impls = list(dict.fromkeys(_label_op(r)[0] for r in t.rows))
+    ops = list(dict.fromkeys(r.labelled[1] for r in t.rows))
+    impls = list(dict.fromkeys(r.labelled[0] for r in t.rows))
     shapes = list(dict.fromkeys(_shape_key(r) for r in t.rows))
     natives = [n for n in impls if n.startswith(NATIVE)]
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(n for n in impls if n not in natives)}
     colors.update((n, GREY) for n in natives)
-    by = {(*_label_op(r), _shape_key(r)): r for r in t.rows}
+    by = {(*r.labelled, _shape_key(r)): r for r in t.rows}
     width = max(4.6, 0.6 + 0.65 * len(shapes))     # inches per op
     fig = _figure(width * len(ops), 6.2)
     axes = fig.subplots(2, len(ops), squeeze=False)
@@ -154,7 +147,7 @@ def timings_figure(t: Timings | None):
             if field == "ratio":
                 ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
                 ax.set_yscale("log")
-                values = [r.ratio for r in t.rows if _label_op(r)[1] == op and r.ratio] or [1.0]
+                values = [r.ratio for r in t.rows if r.labelled[1] == op and r.ratio] or [1.0]
                 low, high = min(min(values), 0.5) / 1.5, max(max(values), 2.0) * 1.5
                 ax.set_ylim(low, high)
                 ax.set_yticks([v for v in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) if low <= v <= high])
@@ -167,7 +160,7 @@ def timings_figure(t: Timings | None):
                     ax.text(len(shapes) - 0.5, copy, f"copy bandwidth {copy:.0f} GB/s", color=RED, fontsize=8,
                             ha="right", va="bottom")
                 ax.set_title(f"{op}: GB/s achieved (dashed: copy bandwidth)", fontsize=9.5, loc="left")
-                ax.set_ylim(0, max([copy or 0] + [r.gbps or 0 for r in t.rows if _label_op(r)[1] == op]) * 1.15 or 1)
+                ax.set_ylim(0, max([copy or 0] + [r.gbps or 0 for r in t.rows if r.labelled[1] == op]) * 1.15 or 1)
             ax.set_xticks(range(len(shapes)), shapes if row == 1 else [""] * len(shapes))
             ax.tick_params(labelsize=7.5)
             ax.set_xlim(-0.5, len(shapes) - 0.5)

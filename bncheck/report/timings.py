@@ -33,12 +33,11 @@ def render(t: Timings) -> list[str]:
                       "that declare that epilogue (`relu(bn(x))`, `relu(bn(x) + z)`) against torch eager BatchNorm "
                       "followed by an in-place add of z and ReLU, the `torch-native` of those rows; their bytes "
                       "model adds z in the forward and the output and dz in the backward."]
-    ops = list(dict.fromkeys(r.op.split("+")[0] for r in t.rows))     # an epilogue row: forward-train+relu
+    ops = list(dict.fromkeys(r.labelled[1] for r in t.rows))     # an epilogue row: forward-train+relu
     ratios: dict[str, dict[str, list[float]]] = {}
     for r in t.rows:
         if r.implementation != NATIVE and r.ratio:
-            op, _, epilogue = r.op.partition("+")
-            label = f"{r.implementation} (+{epilogue})" if epilogue else r.implementation
+            label, op = r.labelled
             ratios.setdefault(label, {}).setdefault(op, []).append(r.ratio)
     if ratios:
         out += ["Geometric mean of the ratio to torch native, over shapes, layouts and dtypes:", ""]
